@@ -1,0 +1,480 @@
+"""The cluster's lifecycle: a plan executed on its hosts. up, status, logs, down, demo.
+
+Order of ``up``: lock → connect (parallel) → what already runs → preflight → upload → for each
+stage (controller/LMCache server, then engines): start detached in parallel, wait for health
+with progress → state file. A failure shows the failing process's log tail, stops what this ``up``
+started and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import UserError
+from .nodes import Node, close_all, open_nodes
+from .plan import Plan, ProcessSpec
+from .runstate import (ProcessState, HostState, RunState, clear_state, cluster_lock, load_state, new_run_id, now,
+                       save_state)
+
+if TYPE_CHECKING:
+    from .cli import Ctx
+
+#: env marker that identifies processes this tool started (checked before any signal is sent)
+MARKER = "ORCHESTRATE_PROCESS"
+
+
+def marker_value(plan: Plan, p: ProcessSpec) -> str:
+    return f"{plan.cluster}/{p.name}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Health
+
+
+def http_health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    import httpx
+
+    try:
+        r = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as e:
+        return False, type(e).__name__
+    return (200 <= r.status_code < 300), f"HTTP {r.status_code}"
+
+
+# ------------------------------------------------------------------------------------------------
+# What runs now
+
+
+@dataclass
+class Observed:
+    spec: ProcessSpec
+    pid: int | None
+    state: str  # running | dead | zombie | absent
+    ours: bool
+
+
+def read_pid(node: Node, p: ProcessSpec) -> int | None:
+    data = node.ops.read_text(node.path(p.pid_path))
+    if data is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return int(data.split()[0])
+    return None
+
+
+def observe(plan: Plan, node: Node) -> dict[str, Observed]:
+    """State of every planned process on one host, from its pidfile and /proc."""
+    out: dict[str, Observed] = {}
+    for p in node.plan.processes:
+        pid = read_pid(node, p)
+        if pid is None:
+            out[p.name] = Observed(p, None, "absent", False)
+            continue
+        state = node.ops.process_state(pid)
+        ours = state == "running" and node.ops.has_env(pid, MARKER, marker_value(plan, p))
+        out[p.name] = Observed(p, pid, state if (ours or state != "running") else "foreign", ours)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# up
+
+
+def _upload(node: Node, plan: Plan) -> dict[str, str]:
+    node.ops.mkdirs([node.workdir, node.path("run"), node.path("logs")])
+    for f in node.plan.files:
+        node.ops.write_file(node.path(f.path), f.content.encode(), f.mode)
+    return {f.path: f.sha256 for f in node.plan.files}
+
+
+def _start(node: Node, plan: Plan, p: ProcessSpec) -> int:
+    return node.ops.start_detached(
+        script=node.path(p.launch_script), log_path=node.path(p.log_path), pid_path=node.path(p.pid_path),
+        cwd=node.workdir, env={MARKER: marker_value(plan, p)},
+    )
+
+
+def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[ProcessSpec], pids: dict[str, int],
+                  timeout: float) -> dict[str, str]:
+    """Wait until every process answers its health URL. Returns failures: name → reason."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    pending = {p.name: p for p in procs}
+    failures: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    con = c.console()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=con, transient=True, disable=c.as_json) as progress:
+        tasks = {n: progress.add_task(f"{n}: waiting for {p.health_url}", total=1) for n, p in pending.items()}
+        delay = 0.05
+        while pending and time.monotonic() < deadline:
+            for name, p in list(pending.items()):
+                ok, _ = http_health(p.health_url, timeout=1.0)
+                if ok:
+                    progress.update(tasks[name], completed=1, description=f"{name}: healthy")
+                    del pending[name]
+                    continue
+                state = nodes[p.host].ops.process_state(pids[name])
+                if state != "running":
+                    failures[name] = f"exited during startup ({state})"
+                    del pending[name]
+            if pending:
+                time.sleep(delay)
+                delay = min(delay * 1.5, 1.0)
+    for name in pending:
+        failures[name] = f"not healthy after {timeout:.0f} s ({pending[name].health_url})"
+    return failures
+
+
+def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) -> int:
+    from .hosts.parallel import run_parallel
+    from . import preflight as preflight_mod
+
+    inv = c.inventory()
+    con = c.console()
+    t0 = time.monotonic()
+    with cluster_lock(plan.cluster, "up"):
+        nodes, _ = open_nodes(inv, plan, c.ssh_config)
+        try:
+            observed = run_parallel(nodes, lambda n: observe(plan, n))
+            for host, obs in observed.items():
+                if isinstance(obs, BaseException):
+                    raise UserError(f"host {host}: cannot read process state: {obs}")
+            obs_all = {name: o for obs in observed.values() for name, o in obs.items()}  # type: ignore[union-attr]
+            state = load_state(plan.cluster)
+            running = {n for n, o in obs_all.items() if o.ours and o.state == "running"}
+
+            # Already up with the same files: change nothing.
+            if running == set(obs_all) and state is not None:
+                same = all(state.hosts.get(h.name) and state.hosts[h.name].files == {f.path: f.sha256 for f in h.files}
+                           for h in plan.hosts)
+                healthy = all(http_health(o.spec.health_url)[0] for o in obs_all.values())
+                if same and healthy:
+                    if c.as_json:
+                        c.emit_json({"changed": False, "run_id": state.run_id, "processes": sorted(running)})
+                    else:
+                        con.print(f"cluster [cyan]{plan.cluster}[/] is already up and healthy (run {state.run_id}): nothing changed")
+                    return 0
+                if not same:
+                    raise UserError(f"cluster {plan.cluster!r} is running with a different configuration",
+                                    hint="run `orchestrate down` first, then `orchestrate up`")
+            if running and state is not None:
+                changed = [h.name for h in plan.hosts
+                           if state.hosts.get(h.name) and state.hosts[h.name].files != {f.path: f.sha256 for f in h.files}]
+                if changed:
+                    raise UserError(f"cluster {plan.cluster!r} is running with a different configuration on {', '.join(changed)}",
+                                    hint="run `orchestrate down` first, then `orchestrate up`")
+
+            if preflight:
+                checks = preflight_mod.run_checks(inv, plan, nodes, skip_ports_of=running)
+                failed = [ch for ch in checks if ch.status == "fail"]
+                if failed:
+                    preflight_mod.print_checks(c, checks)
+                    raise UserError(f"preflight failed: {failed[0].host}: {failed[0].name}: {failed[0].detail}",
+                                    hint=failed[0].hint, details=[f"{ch.host}: {ch.name}: {ch.detail}" for ch in failed[1:]])
+
+            if state is None or not running:
+                state = RunState(run_id=new_run_id(plan.cluster), cluster=plan.cluster, inventory=c.inventory_path,
+                                 started_at=now())
+            uploads = run_parallel(nodes, lambda n: _upload(n, plan))
+            for host, res in uploads.items():
+                if isinstance(res, BaseException):
+                    raise UserError(f"host {host}: upload failed: {res}")
+                state.hosts[host] = HostState(name=host, address=nodes[host].plan.address, workdir=nodes[host].workdir,
+                                              files=res)  # type: ignore[arg-type]
+
+            started: list[ProcessSpec] = []
+            pids: dict[str, int] = {n: obs_all[n].pid for n in running}  # type: ignore[misc]
+            try:
+                for stage in plan.stages():
+                    todo = [p for p in stage if p.name not in running]
+                    if not todo:
+                        continue
+                    res = run_parallel({p.name: p for p in todo}, lambda p: _start(nodes[p.host], plan, p))
+                    for p in todo:
+                        r = res[p.name]
+                        if isinstance(r, BaseException):
+                            raise _StartFailed(p, f"could not start: {r}")
+                        pids[p.name] = r  # type: ignore[assignment]
+                        started.append(p)
+                        state.processes[p.name] = ProcessState(
+                            name=p.name, host=p.host, pid=r, started_at=now(), ports=p.ports,  # type: ignore[arg-type]
+                            log_path=nodes[p.host].path(p.log_path), health_url=p.health_url,
+                            script_sha256=next(f.sha256 for f in nodes[p.host].plan.files if f.path == p.launch_script))
+                    save_state(state)
+                    failures = _wait_healthy(c, plan, nodes, todo, pids, timeout)
+                    if failures:
+                        name, why = next(iter(failures.items()))
+                        raise _StartFailed(plan.process(name), why, others=failures)
+                    for p in todo:
+                        state.processes[p.name].healthy_at = now()
+            except _StartFailed as e:
+                tail = nodes[e.spec.host].ops.tail(nodes[e.spec.host].path(e.spec.log_path), 30)
+                con.print(f"[bold red]{e.spec.name}[/] on {e.spec.host}: {e.reason}; last lines of {e.spec.log_path}:")
+                con.print(tail or "(empty log)", markup=False, highlight=False)
+                con.print(f"stopping what this `up` started: {', '.join(p.name for p in started) or 'nothing'}")
+                _stop(plan, nodes, [p.name for p in started], grace=5.0)
+                for p in started:
+                    state.processes[p.name].stopped_at = now()
+                if not running:
+                    clear_state(plan.cluster)
+                    save_state_only_run(state)
+                else:
+                    save_state(state)
+                details = [f"{n}: {r}" for n, r in e.others.items() if n != e.spec.name]
+                raise UserError(f"{e.spec.name} on host {e.spec.host} failed: {e.reason}",
+                                hint=f"see the log above; `orchestrate logs {e.spec.name}`", details=details) from None
+            save_state(state)
+        finally:
+            close_all(nodes)
+    took = time.monotonic() - t0
+    if c.as_json:
+        c.emit_json({"changed": True, "run_id": state.run_id, "seconds": round(took, 3),
+                     "processes": {n: {"host": s.host, "pid": s.pid, "health_url": s.health_url, "log": s.log_path}
+                                   for n, s in state.processes.items()}})
+    else:
+        from rich.table import Table
+
+        t = Table(title=f"cluster {plan.cluster} is up (run {state.run_id}, {took:.1f} s)", title_justify="left")
+        for col in ("process", "host", "pid", "ports", "health", "log"):
+            t.add_column(col)
+        for p in plan.processes():
+            s = state.processes.get(p.name)
+            t.add_row(p.name, p.host, str(s.pid if s else "?"), ",".join(map(str, p.ports)), p.health_url,
+                      s.log_path if s else p.log_path)
+        con.print(t)
+    return 0
+
+
+def save_state_only_run(state: RunState) -> None:
+    """Keep the failed run's record in its run folder without making it the current run."""
+    from .runstate import write_json
+
+    state.stopped_at = now()
+    write_json(state.run_dir() / "state.json", state.model_dump(mode="json"))
+
+
+class _StartFailed(Exception):
+    def __init__(self, spec: ProcessSpec, reason: str, others: dict[str, str] | None = None):
+        super().__init__(reason)
+        self.spec = spec
+        self.reason = reason
+        self.others = others or {}
+
+
+# ------------------------------------------------------------------------------------------------
+# down
+
+
+def _stop(plan: Plan, nodes: dict[str, Node], names: list[str] | None, grace: float) -> dict[str, dict[str, Any]]:
+    """Stop our processes (all planned ones, or ``names``): engines first, then the controller."""
+    from .hosts.parallel import run_parallel
+
+    results: dict[str, dict[str, Any]] = {}
+    for stage in reversed(plan.stages()):
+        todo = [p for p in stage if (names is None or p.name in names) and p.host in nodes]
+
+        def stop_one(p: ProcessSpec) -> dict[str, Any]:
+            node = nodes[p.host]
+            pid = read_pid(node, p)
+            if pid is None:
+                return {"host": p.host, "pid": None, "result": "not started"}
+            st = node.ops.process_state(pid)
+            if st != "running":
+                node.ops.remove(node.path(p.pid_path))
+                return {"host": p.host, "pid": pid, "result": "already stopped"}
+            if not node.ops.has_env(pid, MARKER, marker_value(plan, p)):
+                node.ops.remove(node.path(p.pid_path))
+                return {"host": p.host, "pid": pid, "result": "pid now belongs to another process: left alone"}
+            res = node.ops.stop_group(pid, grace)
+            node.ops.remove(node.path(p.pid_path))
+            return {"host": p.host, "pid": pid, "result": res.how, "seconds": round(res.seconds, 2)}
+
+        for name, r in run_parallel({p.name: p for p in todo}, stop_one).items():
+            results[name] = r if isinstance(r, dict) else {"result": f"error: {r}"}
+    return results
+
+
+def down_command(c: Ctx, plan: Plan, *, collect: bool = True, grace: float = 10.0) -> int:
+    inv = c.inventory()
+    con = c.console()
+    with cluster_lock(plan.cluster, "down"):
+        state = load_state(plan.cluster)
+        if collect and state is not None:
+            try:
+                from . import collect as collect_mod
+            except ImportError:
+                collect_mod = None  # type: ignore[assignment]
+            if collect_mod is not None:
+                try:
+                    collect_mod.collect_command(c, plan, run_id=state.run_id, quiet=True)
+                except UserError as e:
+                    con.print(f"[yellow]warning:[/] collect before down failed: {e.message}")
+        nodes, errors = open_nodes(inv, plan, c.ssh_config, strict=False)
+        try:
+            results = _stop(plan, nodes, None, grace)
+            leftovers = _leftovers(plan, nodes)
+        finally:
+            close_all(nodes)
+        if state is not None:
+            for name, r in results.items():
+                if name in state.processes and r.get("pid"):
+                    state.processes[name].stopped_at = now()
+                    state.processes[name].exit = r["result"]
+            state.stopped_at = now()
+            save_state_only_run(state)
+        if not errors:
+            clear_state(plan.cluster)
+    if c.as_json:
+        c.emit_json({"stopped": results, "unreachable": {k: v.message for k, v in errors.items()}, "leftovers": leftovers})
+    else:
+        for name, r in results.items():
+            con.print(f"{name:>14} on {r.get('host', '?')}: {r['result']}" + (f" ({r['seconds']} s)" if "seconds" in r else ""))
+        for host, e in errors.items():
+            con.print(f"[red]{host}: unreachable, nothing stopped there:[/] {e.message}")
+        for item in leftovers:
+            con.print(f"[red]still there:[/] {item}")
+        if not errors and not leftovers:
+            con.print(f"cluster [cyan]{plan.cluster}[/] is down: nothing of ours runs, every planned port is free")
+    return 1 if errors or leftovers else 0
+
+
+def _leftovers(plan: Plan, nodes: dict[str, Node]) -> list[str]:
+    """Ports still held on any host after down (by anyone: the user needs to know)."""
+    out = []
+    for node in nodes.values():
+        for p in node.plan.processes:
+            held = node.ops.ports_in_use(p.ports, p.bind)
+            for port, holder in held.items():
+                out.append(f"{node.name}: port {port} ({p.name}) held by {holder}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# status and logs
+
+
+def status_rows(plan: Plan, nodes: dict[str, Node]) -> list[dict[str, Any]]:
+    from .hosts.parallel import run_parallel
+
+    def host_rows(node: Node) -> list[dict[str, Any]]:
+        rows = []
+        for name, o in observe(plan, node).items():
+            p = o.spec
+            row: dict[str, Any] = {"process": name, "host": p.host, "pid": o.pid, "port": p.port, "state": o.state,
+                                   "health_url": p.health_url, "uptime_s": None, "last_log_line": None}
+            if o.ours:
+                healthy, detail = http_health(p.health_url)
+                row["state"] = "running" if healthy else f"unhealthy ({detail})"
+                row["uptime_s"] = node.ops.uptime(o.pid)  # type: ignore[arg-type]
+            last = node.ops.tail(node.path(p.log_path), 1)
+            row["last_log_line"] = last.strip() if last else None
+            rows.append(row)
+        return rows
+
+    res = run_parallel(nodes, host_rows)
+    rows: list[dict[str, Any]] = []
+    for host, r in res.items():
+        if isinstance(r, BaseException):
+            rows.append({"process": "*", "host": host, "state": f"error: {r}"})
+        else:
+            rows.extend(r)  # type: ignore[arg-type]
+    order = {p.name: i for i, p in enumerate(plan.processes())}
+    return sorted(rows, key=lambda r: order.get(r["process"], -1))
+
+
+def status_command(c: Ctx, plan: Plan) -> int:
+    nodes, errors = open_nodes(c.inventory(), plan, c.ssh_config, strict=False)
+    try:
+        rows = status_rows(plan, nodes)
+    finally:
+        close_all(nodes)
+    for host, e in errors.items():
+        rows.append({"process": "*", "host": host, "state": "unreachable", "error": e.message})
+    state = load_state(plan.cluster)
+    if c.as_json:
+        c.emit_json({"cluster": plan.cluster, "run_id": state.run_id if state else None, "processes": rows})
+    else:
+        from rich.table import Table
+
+        t = Table(title=f"cluster {plan.cluster}" + (f" (run {state.run_id})" if state else ""), title_justify="left")
+        for col in ("process", "host", "pid", "port", "state", "uptime", "last log line"):
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            st = r["state"]
+            colour = "green" if st == "running" else ("yellow" if st in ("absent",) else "red")
+            up_s = r.get("uptime_s")
+            t.add_row(r["process"], r["host"], str(r.get("pid") or "-"), str(r.get("port") or "-"),
+                      f"[{colour}]{st}[/]", f"{up_s:.0f} s" if up_s is not None else "-",
+                      (r.get("last_log_line") or r.get("error") or "")[:120])
+        c.console().print(t)
+    ok = all(r["state"] == "running" for r in rows)
+    return 0 if ok else 1
+
+
+def logs_command(c: Ctx, plan: Plan, *, name: str | None, follow: bool, lines: int) -> int:
+    procs = plan.processes()
+    if name is not None:
+        if name not in {p.name for p in procs}:
+            raise UserError(f"no process named {name!r}", hint=f"one of: {', '.join(p.name for p in procs)}")
+        procs = [p for p in procs if p.name == name]
+    hosts = sorted({p.host for p in procs})
+    nodes, _ = open_nodes(c.inventory(), plan, c.ssh_config, names=hosts)
+    width = max(len(p.name) for p in procs)
+    try:
+        offsets: dict[str, int] = {}
+        for p in procs:
+            node = nodes[p.host]
+            text = node.ops.tail(node.path(p.log_path), lines) or ""
+            for line in text.splitlines():
+                print(f"{p.name:>{width}} | {line}")
+            offsets[p.name] = node.ops.file_size(node.path(p.log_path)) or 0
+        while follow:
+            time.sleep(0.5)
+            for p in procs:
+                node = nodes[p.host]
+                data = node.ops.transport.get_bytes(node.path(p.log_path), offsets[p.name])
+                if not data:
+                    continue
+                complete = data.rfind(b"\n") + 1
+                if not complete:
+                    continue
+                offsets[p.name] += complete
+                for line in data[:complete].decode(errors="replace").splitlines():
+                    print(f"{p.name:>{width}} | {line}", flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        close_all(nodes)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# demo
+
+
+def demo_command(c: Ctx, plan: Plan, *, keep: bool = False) -> int:
+    con = c.console()
+    con.print(f"[bold]demo[/] on cluster [cyan]{plan.cluster}[/] ({c.inventory_path})")
+    code = up(c, plan)
+    if code:
+        return code
+    verdict = 0
+    try:
+        try:
+            from .scenarios import runner
+        except ImportError:
+            runner = None  # type: ignore[assignment]
+        if runner is not None:
+            for scenario in ("reuse", "reuse-2node"):
+                verdict = max(verdict, runner.run_command(c, scenario, list_=False, overrides=[]) or 0)
+        else:
+            verdict = status_command(c, plan)
+    finally:
+        if not keep:
+            down_command(c, plan, collect=True)
+    con.print("[bold green]demo passed[/]" if verdict == 0 else f"[bold red]demo failed[/] (exit {verdict})")
+    return verdict

@@ -1,0 +1,134 @@
+"""Connected hosts of a plan: one transport (local or SSH) per host, opened in parallel.
+
+A :class:`Node` is a host of the plan with its operations (:class:`kvorch.hosts.ops.HostOps`) and
+its working directory resolved to an absolute path on that host.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .hosts.ops import HostOps
+    from .inventory import Inventory
+    from .plan import HostPlan, Plan
+
+
+@dataclass
+class Node:
+    plan: HostPlan
+    ops: HostOps
+    workdir: str
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    def path(self, rel: str) -> str:
+        return rel if rel.startswith("/") else posixpath.join(self.workdir, rel)
+
+    def close(self) -> None:
+        self.ops.transport.close()
+
+
+def ssh_overrides(inv: Inventory, host: str, insecure: bool = False) -> dict[str, Any]:
+    s = inv.hosts[host].ssh
+    o: dict[str, Any] = {
+        "hostname": inv.hosts[host].address if s.alias is None else None,
+        "port": s.port, "user": s.user, "proxy_jump": s.proxy_jump, "connect_timeout": s.connect_timeout,
+        "allow_agent": s.allow_agent, "strict_host_key_checking": s.strict_host_key_checking,
+    }
+    if s.identity_file:
+        o["identity_files"] = [s.identity_file]
+    if s.known_hosts_file:
+        o["known_hosts_files"] = [s.known_hosts_file]
+    if insecure:
+        o["strict_host_key_checking"] = False
+    return {k: v for k, v in o.items() if v is not None}
+
+
+def _transport(inv: Inventory, hp: HostPlan, ssh_config: str | None):
+    if hp.connector == "local":
+        from .hosts.local import LocalTransport
+
+        return LocalTransport(name=hp.name)
+    from .hosts.ssh import SshTransport
+    from .hosts.ssh_config import resolve_ssh_settings
+
+    spec = inv.hosts[hp.name].ssh
+    try:
+        settings = resolve_ssh_settings(spec.alias or hp.address, ssh_config, ssh_overrides(inv, hp.name))
+    except FileNotFoundError as e:
+        raise UserError(str(e), hint="pass an existing file with --ssh-config (or ORCHESTRATE_SSH_CONFIG)") from None
+    return SshTransport(settings, name=hp.name)
+
+
+def _resolve_workdir(ops: HostOps, workdir: str, local: bool) -> str:
+    if workdir.startswith("/"):
+        return posixpath.normpath(workdir)
+    if local and not workdir.startswith("~"):
+        return os.path.abspath(workdir)
+    home = ops.transport.run('printf %s "$HOME"', timeout=30).stdout.strip()
+    rest = workdir[2:] if workdir.startswith("~/") else ("" if workdir == "~" else workdir)
+    return posixpath.normpath(posixpath.join(home, rest)) if rest else home
+
+
+def host_error_message(name: str, exc: BaseException) -> UserError:
+    from .hosts.base import HostError, HostKeyError
+
+    if isinstance(exc, HostKeyError):
+        return UserError(f"host {name}: {exc}", hint="verify the host's key, then add it to known_hosts as the message says")
+    if isinstance(exc, HostError):
+        return UserError(f"host {name}: {exc}", hint="check the address, the SSH settings (--ssh-config, hosts.<name>.ssh) and that sshd runs")
+    if isinstance(exc, UserError):
+        return exc
+    return UserError(f"host {name}: {type(exc).__name__}: {exc}")
+
+
+def open_nodes(inv: Inventory, plan: Plan, ssh_config: str | None, names: list[str] | None = None,
+               *, strict: bool = True) -> tuple[dict[str, Node], dict[str, UserError]]:
+    """Connect to every host of the plan (or ``names``) in parallel.
+
+    Returns (connected nodes, errors by host). With ``strict`` any error is raised as one UserError
+    naming every host that failed (after closing the others).
+    """
+    from .hosts.ops import HostOps
+    from .hosts.parallel import run_parallel
+
+    wanted = [h for h in plan.hosts if names is None or h.name in names]
+
+    def connect(hp: HostPlan) -> Node:
+        transport = _transport(inv, hp, ssh_config)
+        ops = HostOps(transport)
+        try:
+            wd = _resolve_workdir(ops, hp.workdir, hp.connector == "local")
+        except BaseException:
+            transport.close()
+            raise
+        return Node(plan=hp, ops=ops, workdir=wd)
+
+    results = run_parallel({hp.name: hp for hp in wanted}, connect)
+    nodes = {k: v for k, v in results.items() if isinstance(v, Node)}
+    errors = {k: host_error_message(k, v) for k, v in results.items() if isinstance(v, BaseException)}
+    if errors and strict:
+        for n in nodes.values():
+            n.close()
+        first = next(iter(errors.values()))
+        if len(errors) == 1:
+            raise first
+        raise UserError(f"{len(errors)} hosts could not be reached", hint=first.hint,
+                        details=[e.message for e in errors.values()])
+    return nodes, errors
+
+
+def close_all(nodes: dict[str, Node]) -> None:
+    for n in nodes.values():
+        try:
+            n.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass

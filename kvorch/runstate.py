@@ -1,0 +1,150 @@
+"""Run state on the operator's machine: run ids, the state file, the lock.
+
+``logs/<run-id>/`` is the run's folder (``logs/latest`` points at the newest);
+``.orchestrate/<cluster>.json`` is the current run's state (hosts, processes, PIDs, ports, log paths,
+rendered files' hashes); ``.orchestrate/<cluster>.lock`` keeps two up/down apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from .errors import UserError
+
+
+def logs_root() -> Path:
+    return Path(os.environ.get("ORCHESTRATE_LOGS", "logs"))
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("ORCHESTRATE_STATE", ".orchestrate"))
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def new_run_id(cluster: str) -> str:
+    return f"{cluster}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+
+
+class ProcessState(BaseModel):
+    name: str
+    host: str
+    pid: int | None = None
+    started_at: str | None = None
+    healthy_at: str | None = None
+    stopped_at: str | None = None
+    exit: str | None = Field(None, description="how it stopped: sigterm | sigkill | dead | …")
+    ports: list[int] = Field(default_factory=list)
+    log_path: str = Field(description="absolute path of its log on its host")
+    health_url: str
+    script_sha256: str | None = None
+
+
+class HostState(BaseModel):
+    name: str
+    address: str
+    workdir: str = Field(description="absolute working directory on the host")
+    files: dict[str, str] = Field(default_factory=dict, description="path → sha256 of what was uploaded")
+
+
+class RunState(BaseModel):
+    run_id: str
+    cluster: str
+    inventory: str
+    started_at: str
+    stopped_at: str | None = None
+    hosts: dict[str, HostState] = Field(default_factory=dict)
+    processes: dict[str, ProcessState] = Field(default_factory=dict)
+    scenario_runs: list[str] = Field(default_factory=list)
+
+    def run_dir(self) -> Path:
+        return logs_root() / self.run_id
+
+
+def state_path(cluster: str) -> Path:
+    return state_root() / f"{cluster}.json"
+
+
+def save_state(state: RunState) -> None:
+    text = state.model_dump_json(indent=2)
+    for path in (state_path(state.cluster), state.run_dir() / "state.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    point_latest(state.run_id)
+
+
+def point_latest(run_id: str) -> None:
+    latest = logs_root() / "latest"
+    with contextlib.suppress(FileNotFoundError):
+        latest.unlink()
+    with contextlib.suppress(OSError):
+        latest.symlink_to(run_id)
+
+
+def load_state(cluster: str) -> RunState | None:
+    path = state_path(cluster)
+    if not path.exists():
+        return None
+    try:
+        return RunState.model_validate_json(path.read_text())
+    except ValueError:
+        raise UserError(f"{path}: the run state is unreadable", hint=f"remove {path} and run `orchestrate down` to clean the hosts") from None
+
+
+def clear_state(cluster: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        state_path(cluster).unlink()
+
+
+def find_run_dir(run: str | None) -> Path:
+    """A run folder from a run id, a path, or (None) ``logs/latest``."""
+    if run is None:
+        p = logs_root() / "latest"
+        if not p.exists():
+            raise UserError(f"no run yet in {logs_root()}/", hint="run `orchestrate up` (or `orchestrate demo`) first")
+        return p.resolve()
+    for cand in (Path(run), logs_root() / run):
+        if cand.is_dir():
+            return cand.resolve()
+    raise UserError(f"no run folder {run!r}", hint=f"pass a run id from {logs_root()}/ or a path to a run folder")
+
+
+@contextlib.contextmanager
+def cluster_lock(cluster: str, what: str) -> Iterator[None]:
+    """Only one up/down/restart per cluster at a time (on this machine)."""
+    path = state_root() / f"{cluster}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another orchestrate"
+            raise UserError(f"cluster {cluster!r} is busy: {holder} is running", hint="wait for it to finish, then retry") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"`orchestrate {what}` (pid {os.getpid()})")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str))
