@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InventoryError
+from .yamlfile import Problem, YamlDoc, format_path, pydantic_problems
 
 Port = int  # validated by Field(ge=1, le=65535) where used
 
@@ -224,55 +222,6 @@ class Inventory(EnvMixin):
 # Loading with positions: every message names FILE:LINE and the field path.
 
 
-@dataclass(frozen=True)
-class Problem:
-    path: tuple[str | int, ...]
-    message: str
-    hint: str | None = None
-
-
-def format_path(path: Iterable[str | int]) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that keeps the node tree so field paths can be mapped to line numbers."""
-
-
-def _line_of(root: yaml.Node | None, path: tuple[str | int, ...]) -> int | None:
-    node = root
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in path:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
-                    line = k.start_mark.line + 1
-                    node = v
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
-_HINTS = {
-    "extra_forbidden": "remove it, or check its spelling against README.md's inventory section",
-    "missing": "add it",
-    "greater_than_equal": "use a port between 1 and 65535" ,
-    "less_than_equal": "use a port between 1 and 65535",
-}
-
-
 def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read, parse and validate an inventory file. Raises InventoryError with every problem."""
     p = Path(path)
@@ -289,44 +238,19 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
 
 
 def parse_inventory(text: str, filename: str = "<inventory>") -> Inventory:
-    try:
-        root = yaml.compose(text, Loader=_LineLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
-        raise InventoryError(f"{where}: YAML syntax error: {e.problem or e}", hint="fix the YAML syntax at that line") from None
-    except yaml.YAMLError as e:
-        raise InventoryError(f"{filename}: YAML error: {e}") from None
-    if not isinstance(data, dict):
+    doc = YamlDoc(text, filename, InventoryError)
+    if not isinstance(doc.data, dict):
         raise InventoryError(f"{filename}: the inventory must be a YAML mapping (cluster:, hosts:, engines:, …)")
-
     problems: list[Problem] = []
     inv: Inventory | None = None
     try:
-        inv = Inventory.model_validate(data)
+        inv = Inventory.model_validate(doc.data)
     except ValidationError as e:
-        for err in e.errors():
-            loc = tuple(err["loc"])
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown field {loc[-1]!r}"
-            elif err["type"] == "missing":
-                msg = "required field is missing"
-            problems.append(Problem(loc, msg, _HINTS.get(err["type"])))
+        problems.extend(pydantic_problems(e))
     if inv is not None:
         problems.extend(check_inventory(inv))
     if problems:
-        lines = []
-        for pr in problems:
-            line = _line_of(root, pr.path)
-            where = f"{filename}:{line}" if line else filename
-            text_ = f"{where}: {format_path(pr.path)}: {pr.message}"
-            if pr.hint:
-                text_ += f" (hint: {pr.hint})"
-            lines.append(text_)
-        first = lines[0] if len(lines) == 1 else f"{filename}: {len(lines)} problems in the inventory"
-        raise InventoryError(first, details=lines if len(lines) > 1 else [])
+        raise doc.fail(problems, "inventory")
     assert inv is not None
     return inv
 

@@ -1,0 +1,33 @@
+"""One module per scenario kind: ``Params`` (a pydantic model: the parameters and their defaults)
+and ``run(wb, spec, params) -> Outcome``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from ...client import RequestRecord
+
+
+@dataclass
+class Outcome:
+    results: dict[str, Any]
+    records: list[RequestRecord] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    headline: dict[str, Any] = field(default_factory=dict)
+
+
+def _load() -> dict[str, ModuleType]:
+    from . import reuse
+
+    kinds: dict[str, ModuleType] = {"reuse": reuse}
+    for name, mod in (("pd-bench", "pd_bench"), ("blend", "blend"), ("cache-bench", "cache_bench"), ("monitor", "monitor")):
+        try:
+            kinds[name] = __import__(f"{__name__}.{mod}", fromlist=["run"])
+        except ImportError:
+            pass
+    return kinds
+
+
+KINDS = _load()

@@ -1,0 +1,111 @@
+"""Scenario files: format, loading with FILE:LINE errors, `--set key=value` overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import UserError
+from ..yamlfile import Problem, YamlDoc, pydantic_problems
+from .expr import ExprError, compile_expr
+
+SCENARIOS_DIR = Path(__file__).resolve().parent.parent.parent / "scenarios"
+
+
+class ScenarioError(UserError):
+    """A scenario file or a --set override is wrong."""
+
+
+class CheckSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    expr: str = Field(description="expression over the results, e.g. follow_up.log.hit_tokens >= 256")
+    severity: str = Field("fail", pattern="^(fail|warn)$", description="warn: reported, never fails the run")
+
+
+class ScenarioSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str
+    seed: str | None = Field(None, description="which seed workflow this reproduces")
+    kind: str
+    engines: dict[str, str] = Field(default_factory=dict,
+                                    description="slot → engine name, or role:<prefill|decode|both>, or 'all'")
+    params: dict[str, Any] = Field(default_factory=dict)
+    sample_interval_s: float | None = Field(0.5, gt=0, description="background metrics sampling (null: off)")
+    checks: list[CheckSpec] = Field(default_factory=list)
+
+
+def scenario_dirs() -> list[Path]:
+    extra = os.environ.get("ORCHESTRATE_SCENARIOS")
+    dirs = [Path(p) for p in extra.split(os.pathsep) if p] if extra else []
+    return dirs + [Path("scenarios"), SCENARIOS_DIR]
+
+
+def available() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in scenario_dirs():
+        if d.is_dir():
+            for f in sorted(d.glob("*.yaml")):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def find(name: str) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    found = available()
+    if name in found:
+        return found[name]
+    raise ScenarioError(f"no scenario named {name!r}", hint=f"one of: {', '.join(sorted(found))} (or a path to a .yaml file); "
+                        "`orchestrate run --list` describes them")
+
+
+def load(path: Path, overrides: list[str] | None = None) -> tuple[ScenarioSpec, BaseModel]:
+    """The scenario and its validated parameters (defaults ← file ← --set)."""
+    from .kinds import KINDS
+
+    doc = YamlDoc(path.read_text(), str(path), ScenarioError)
+    if not isinstance(doc.data, dict):
+        raise ScenarioError(f"{path}: a scenario must be a YAML mapping (name:, kind:, params:, checks:)")
+    try:
+        spec = ScenarioSpec.model_validate(doc.data)
+    except ValidationError as e:
+        raise doc.fail(pydantic_problems(e), "scenario") from None
+    problems: list[Problem] = []
+    if spec.kind not in KINDS:
+        problems.append(Problem(("kind",), f"unknown kind {spec.kind!r}", f"one of: {', '.join(sorted(KINDS))}"))
+        raise doc.fail(problems, "scenario")
+    for i, ch in enumerate(spec.checks):
+        try:
+            compile_expr(ch.expr)
+        except ExprError as e:
+            problems.append(Problem(("checks", i, "expr"), str(e)))
+    params = dict(spec.params)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ScenarioError(f"--set {item!r}: expected KEY=VALUE", hint="e.g. --set prefix_tokens=2048")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        params[key.strip()] = value
+    model = KINDS[spec.kind].Params
+    try:
+        p = model.model_validate(params)
+    except ValidationError as e:
+        for pr in pydantic_problems(e, ("params",)):
+            name = pr.path[1] if len(pr.path) > 1 else None
+            if name is not None and name not in spec.params:  # came from --set
+                raise ScenarioError(f"--set {name}: {pr.message}", hint=f"parameters of kind {spec.kind}: "
+                                    f"{', '.join(model.model_fields)}") from None
+            problems.append(pr)
+    if problems:
+        raise doc.fail(problems, "scenario")
+    return spec, p
