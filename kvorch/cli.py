@@ -312,3 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:  # a bug, not a user mistake: one line, the traceback with -v
+        if verbose:
+            raise
+        click.echo(f"error: internal error: {type(e).__name__}: {e} (run with -v for the traceback)", err=True)
+        sys.exit(70)

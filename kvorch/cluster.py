@@ -8,12 +8,13 @@ started and exits non-zero.
 
 from __future__ import annotations
 
-import contextlib
+import shlex
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+from .evidence import strip_ansi
 from .nodes import Node, close_all, open_nodes
 from .plan import Plan, ProcessSpec
 from .runstate import (ProcessState, HostState, RunState, clear_state, cluster_lock, load_state, new_run_id, now,
@@ -57,12 +58,22 @@ class Observed:
 
 
 def read_pid(node: Node, p: ProcessSpec) -> int | None:
-    data = node.ops.read_text(node.path(p.pid_path))
-    if data is None:
-        return None
-    with contextlib.suppress(ValueError):
-        return int(data.split()[0])
-    return None
+    return node.ops.read_pid(p.pid_path)
+
+
+def exit_path(p: ProcessSpec) -> str:
+    return p.pid_path[: -len(".pid")] + ".exit"
+
+
+def is_ours(node: Node, pid: int, plan: Plan, p: ProcessSpec) -> bool:
+    """The process carries our marker in its environment (a reused pid does not)."""
+    marker = shlex.quote(f"{MARKER}={marker_value(plan, p)}")
+    return node.ops.run(f"tr '\\0' '\\n' < /proc/{int(pid)}/environ 2>/dev/null | grep -qxF -- {marker}").ok
+
+
+def uptime_s(node: Node, pid: int) -> float | None:
+    out = node.ops.run(f"ps -o etimes= -p {int(pid)}").stdout.strip()
+    return float(out) if out.isdigit() else None
 
 
 def observe(plan: Plan, node: Node) -> dict[str, Observed]:
@@ -74,7 +85,7 @@ def observe(plan: Plan, node: Node) -> dict[str, Observed]:
             out[p.name] = Observed(p, None, "absent", False)
             continue
         state = node.ops.process_state(pid)
-        ours = state == "running" and node.ops.has_env(pid, MARKER, marker_value(plan, p))
+        ours = state == "running" and is_ours(node, pid, plan, p)
         out[p.name] = Observed(p, pid, state if (ours or state != "running") else "foreign", ours)
     return out
 
@@ -84,9 +95,8 @@ def observe(plan: Plan, node: Node) -> dict[str, Observed]:
 
 
 def _upload(node: Node, plan: Plan) -> dict[str, str]:
-    node.ops.mkdirs([node.workdir, node.path("run"), node.path("logs")])
-    for f in node.plan.files:
-        node.ops.write_file(node.path(f.path), f.content.encode(), f.mode)
+    node.ops.mkdirs("run", "logs")
+    node.ops.write_files([(f.path, f.content, f.mode) for f in node.plan.files])
     return {f.path: f.sha256 for f in node.plan.files}
 
 
@@ -284,14 +294,17 @@ def _stop(plan: Plan, nodes: dict[str, Node], names: list[str] | None, grace: fl
                 return {"host": p.host, "pid": None, "result": "not started"}
             st = node.ops.process_state(pid)
             if st != "running":
-                node.ops.remove(node.path(p.pid_path))
-                return {"host": p.host, "pid": pid, "result": "already stopped"}
-            if not node.ops.has_env(pid, MARKER, marker_value(plan, p)):
-                node.ops.remove(node.path(p.pid_path))
+                _forget(node, p)
+                return {"host": p.host, "pid": pid, "result": "already stopped", "exit_code": node.ops.read_exit_code(exit_path(p))}
+            if not is_ours(node, pid, plan, p):
+                _forget(node, p)
                 return {"host": p.host, "pid": pid, "result": "pid now belongs to another process: left alone"}
-            res = node.ops.stop_group(pid, grace)
-            node.ops.remove(node.path(p.pid_path))
-            return {"host": p.host, "pid": pid, "result": res.how, "seconds": round(res.seconds, 2)}
+            res = node.ops.stop_group(pid, grace, exit_path=exit_path(p))
+            _forget(node, p)
+            how = "not running" if res.signal is None else ("SIGKILL after grace" if res.forced else "SIGTERM")
+            if res.remaining:
+                how = f"still running after SIGKILL: {res.remaining}"
+            return {"host": p.host, "pid": pid, "result": how, "seconds": round(res.elapsed_s, 2), "exit_code": res.exit_code}
 
         for name, r in run_parallel({p.name: p for p in todo}, stop_one).items():
             results[name] = r if isinstance(r, dict) else {"result": f"error: {r}"}
@@ -342,6 +355,10 @@ def down_command(c: Ctx, plan: Plan, *, collect: bool = True, grace: float = 10.
     return 1 if errors or leftovers else 0
 
 
+def _forget(node: Node, p: ProcessSpec) -> None:
+    node.ops.run(f"rm -f -- {shlex.quote(node.path(p.pid_path))}")
+
+
 def _leftovers(plan: Plan, nodes: dict[str, Node]) -> list[str]:
     """Ports still held on any host after down (by anyone: the user needs to know)."""
     out = []
@@ -369,9 +386,9 @@ def status_rows(plan: Plan, nodes: dict[str, Node]) -> list[dict[str, Any]]:
             if o.ours:
                 healthy, detail = http_health(p.health_url)
                 row["state"] = "running" if healthy else f"unhealthy ({detail})"
-                row["uptime_s"] = node.ops.uptime(o.pid)  # type: ignore[arg-type]
+                row["uptime_s"] = uptime_s(node, o.pid)  # type: ignore[arg-type]
             last = node.ops.tail(node.path(p.log_path), 1)
-            row["last_log_line"] = last.strip() if last else None
+            row["last_log_line"] = strip_ansi(last).strip() if last else None
             rows.append(row)
         return rows
 
@@ -436,7 +453,7 @@ def logs_command(c: Ctx, plan: Plan, *, name: str | None, follow: bool, lines: i
             time.sleep(0.5)
             for p in procs:
                 node = nodes[p.host]
-                data = node.ops.transport.get_bytes(node.path(p.log_path), offsets[p.name])
+                data = node.ops.read_from(p.log_path, offsets[p.name])
                 if not data:
                     continue
                 complete = data.rfind(b"\n") + 1

@@ -33,7 +33,7 @@ class Node:
         return rel if rel.startswith("/") else posixpath.join(self.workdir, rel)
 
     def close(self) -> None:
-        self.ops.transport.close()
+        self.ops.t.close()
 
 
 def ssh_overrides(inv: Inventory, host: str, insecure: bool = False) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def _resolve_workdir(ops: HostOps, workdir: str, local: bool) -> str:
         return posixpath.normpath(workdir)
     if local and not workdir.startswith("~"):
         return os.path.abspath(workdir)
-    home = ops.transport.run('printf %s "$HOME"', timeout=30).stdout.strip()
+    home = ops.run('printf %s "$HOME"', timeout=30, check=True, what="find the home directory").stdout.strip()
     rest = workdir[2:] if workdir.startswith("~/") else ("" if workdir == "~" else workdir)
     return posixpath.normpath(posixpath.join(home, rest)) if rest else home
 
@@ -104,13 +104,12 @@ def open_nodes(inv: Inventory, plan: Plan, ssh_config: str | None, names: list[s
 
     def connect(hp: HostPlan) -> Node:
         transport = _transport(inv, hp, ssh_config)
-        ops = HostOps(transport)
         try:
-            wd = _resolve_workdir(ops, hp.workdir, hp.connector == "local")
+            wd = _resolve_workdir(HostOps(transport), hp.workdir, hp.connector == "local")
         except BaseException:
             transport.close()
             raise
-        return Node(plan=hp, ops=ops, workdir=wd)
+        return Node(plan=hp, ops=HostOps(transport, workdir=wd), workdir=wd)
 
     results = run_parallel({hp.name: hp for hp in wanted}, connect)
     nodes = {k: v for k, v in results.items() if isinstance(v, Node)}

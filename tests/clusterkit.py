@@ -1,0 +1,80 @@
+"""Helpers for tests that bring clusters up: inventories in a tmp dir, the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+class Orch:
+    """Runs `python orchestrate.py` in its own state/logs dirs, with an inventory of the test's."""
+
+    def __init__(self, workdir: Path, inventory: Path, ssh_config: Path | None = None):
+        self.workdir = workdir
+        self.inventory = inventory
+        self.ssh_config = ssh_config
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["ORCHESTRATE_STATE"] = str(self.workdir / "state")
+        env["ORCHESTRATE_LOGS"] = str(self.workdir / "logs")
+        env["ORCHESTRATE_INVENTORY"] = str(self.inventory)
+        if self.ssh_config:
+            env["ORCHESTRATE_SSH_CONFIG"] = str(self.ssh_config)
+        env.pop("COLUMNS", None)
+        env["COLUMNS"] = "200"
+        return env
+
+    def __call__(self, *args: str, timeout: float = 120) -> Result:
+        r = subprocess.run([sys.executable, str(ROOT / "orchestrate.py"), *args], cwd=self.workdir,
+                           env=self.env(), capture_output=True, text=True, timeout=timeout)
+        return Result(r.returncode, r.stdout, r.stderr)
+
+
+def write_inventory(path: Path, base: str, mutate: Callable[[dict], None] | None = None) -> Path:
+    data = yaml.safe_load((ROOT / base).read_text())
+    if mutate:
+        mutate(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def pids_in_group(pgid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2:].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    out.append(int(d.name))
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+def listening(address: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((address, port)) == 0
