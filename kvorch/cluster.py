@@ -39,7 +39,7 @@ def http_health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
     import httpx
 
     try:
-        r = httpx.get(url, timeout=timeout)
+        r = httpx.get(url, timeout=timeout, trust_env=False)
     except httpx.HTTPError as e:
         return False, type(e).__name__
     return (200 <= r.status_code < 300), f"HTTP {r.status_code}"

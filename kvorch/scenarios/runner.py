@@ -101,12 +101,16 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
         close_all(nodes)
     took = time.monotonic() - t0
 
-    env = {**outcome.results, "params": params.model_dump()}
+    env = {"topology": plan.topology, "engine": plan.engine, **outcome.results, "params": params.model_dump()}
     checks = []
     for ch in spec.checks:
+        if ch.when is not None and not evaluate(ch.when, env).passed:
+            checks.append({"name": ch.name, "expr": ch.expr, "passed": None, "shown": f"skipped: not {ch.when}",
+                           "severity": ch.severity})
+            continue
         o = evaluate(ch.expr, env)
         checks.append({"name": ch.name, "expr": ch.expr, "passed": o.passed, "shown": o.shown, "severity": ch.severity})
-    failed = [ch for ch in checks if not ch["passed"] and ch["severity"] == "fail"]
+    failed = [ch for ch in checks if ch["passed"] is False and ch["severity"] == "fail"]
     verdict = "pass" if not failed else "fail"
 
     result = {"scenario": spec.name, "kind": spec.kind, "description": spec.description, "seed_doc": spec.seed,
@@ -138,7 +142,8 @@ def print_result(con: Any, result: dict[str, Any]) -> None:
     t.add_column("", justify="center")
     t.add_column("measured", overflow="fold")
     for ch in result["checks"]:
-        mark = "[green]pass[/]" if ch["passed"] else ("[yellow]warn[/]" if ch["severity"] == "warn" else "[red]FAIL[/]")
+        mark = ("[dim]skip[/]" if ch["passed"] is None else "[green]pass[/]" if ch["passed"]
+                else "[yellow]warn[/]" if ch["severity"] == "warn" else "[red]FAIL[/]")
         t.add_row(ch["name"], mark, ch["shown"])
     con.print(t)
     nums = Table(box=None, show_header=False, padding=(0, 2))

@@ -25,6 +25,7 @@ class CheckSpec(BaseModel):
     name: str
     expr: str = Field(description="expression over the results, e.g. follow_up.log.hit_tokens >= 256")
     severity: str = Field("fail", pattern="^(fail|warn)$", description="warn: reported, never fails the run")
+    when: str | None = Field(None, description="only check when this expression holds, e.g. topology != 'mp'")
 
 
 class ScenarioSpec(BaseModel):
@@ -82,10 +83,14 @@ def load(path: Path, overrides: list[str] | None = None) -> tuple[ScenarioSpec, 
         problems.append(Problem(("kind",), f"unknown kind {spec.kind!r}", f"one of: {', '.join(sorted(KINDS))}"))
         raise doc.fail(problems, "scenario")
     for i, ch in enumerate(spec.checks):
-        try:
-            compile_expr(ch.expr)
-        except ExprError as e:
-            problems.append(Problem(("checks", i, "expr"), str(e)))
+        for field_name in ("expr", "when"):
+            text = getattr(ch, field_name)
+            if text is None:
+                continue
+            try:
+                compile_expr(text)
+            except ExprError as e:
+                problems.append(Problem(("checks", i, field_name), str(e)))
     params = dict(spec.params)
     for item in overrides or []:
         key, sep, raw = item.partition("=")

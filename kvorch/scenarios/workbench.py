@@ -48,11 +48,17 @@ class Workbench:
         self.request_timeout = request_timeout
         self.model = inv.vllm.served_model_name or inv.model
         self.chunk_size = int(inv.lmcache.get("chunk_size", 256))
-        self.http = httpx.Client(timeout=10.0)
+        self.http = httpx.Client(timeout=10.0, trust_env=False)
         self.notes: list[str] = []
+        # One event loop and one connection pool for every request of the scenario: a new client per
+        # request would put a TCP connect into each TTFT.
+        self._loop = asyncio.new_event_loop()
+        self._aclient = httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=256))
 
     def close(self) -> None:
         self.http.close()
+        self._loop.run_until_complete(self._aclient.aclose())
+        self._loop.close()
 
     # -- engines ------------------------------------------------------------------------------
     def engines(self) -> list[ProcessSpec]:
@@ -82,18 +88,16 @@ class Workbench:
     # -- requests -----------------------------------------------------------------------------
     def send(self, engine: ProcessSpec, prompt: str, max_tokens: int, *, tags: dict[str, str] | None = None,
              extra_body: dict[str, Any] | None = None, request_id: str | None = None) -> oa.RequestRecord:
-        async def go() -> oa.RequestRecord:
-            async with httpx.AsyncClient() as client:
-                return await oa.send(client, engine.name, engine.api_url or "", self.model, prompt=prompt,
-                                     max_tokens=max_tokens, temperature=0.0, timeout=self.request_timeout,
-                                     request_id=request_id or oa.new_request_id("kvorch", engine.name),
-                                     extra_body=extra_body, tags=tags)
-        return asyncio.run(go())
+        return self._loop.run_until_complete(oa.send(
+            self._aclient, engine.name, engine.api_url or "", self.model, prompt=prompt, max_tokens=max_tokens,
+            temperature=0.0, timeout=self.request_timeout,
+            request_id=request_id or oa.new_request_id("kvorch", engine.name), extra_body=extra_body, tags=tags))
 
     def load(self, requests: Sequence[oa.LoadRequest], *, concurrency: int, rate_rps: float | None,
              max_duration_s: float, seed: int = 0) -> list[oa.RequestRecord]:
-        return asyncio.run(oa.run_load(requests, concurrency=concurrency, rate_rps=rate_rps,
-                                       max_duration_s=max_duration_s, seed=seed, timeout=self.request_timeout))
+        return self._loop.run_until_complete(oa.run_load(
+            requests, concurrency=concurrency, rate_rps=rate_rps, max_duration_s=max_duration_s, seed=seed,
+            timeout=self.request_timeout, client=self._aclient))
 
     def request(self, engine: ProcessSpec, prompt: str, max_tokens: int, tags: dict[str, str] | None = None,
                 extra_body: dict[str, Any] | None = None) -> oa.LoadRequest:

@@ -66,6 +66,8 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
     fm["cache_hit_tokens"] = (fm["prefix_cache_hit_tokens"] or 0) + (fm["external_hit_tokens"] or 0) if (
         fm["prefix_cache_hit_tokens"] is not None or fm["external_hit_tokens"] is not None) else None
     bm = summarize_delta(d_base.get(base_e.name, {}))
+    services = [p.name for p in wb.plan.processes() if p.kind in ("lmcache_server", "controller")]
+    d_services = wb.deltas({k: v for k, v in s1.items() if k in services}, {k: v for k, v in s2.items() if k in services})
 
     view_base = {**record_view(base, evidence.get(base.request_id)), "metrics": bm}
     view_follow = {**record_view(follow, evidence.get(follow.request_id)), "metrics": fm}
@@ -77,7 +79,8 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
         "expected_hit_tokens": (base.prompt_tokens // wb.chunk_size) * wb.chunk_size if base.prompt_tokens else None,
         "ttft_speedup": (base.ttft_s / follow.ttft_s) if (base.ttft_s and follow.ttft_s) else None,
         "outputs_differ": bool(base.output_text) and base.output_text != follow.output_text,
-        "lmcache_server": unattributed,
+        "lmcache_server": {**{n: summarize_delta(d) for n, d in d_services.items()}, "log_totals": unattributed},
+        "kv_store_hit_tokens": max([d.get("mp_lookup_hit_tokens", 0.0) for d in d_services.values()] or [0.0]),
     }
     if control is not None:
         results["control"] = record_view(control, evidence.get(control.request_id))
