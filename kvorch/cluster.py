@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
-from .evidence import strip_ansi
 from .nodes import Node, close_all, open_nodes
 from .plan import Plan, ProcessSpec
 from .runstate import (ProcessState, HostState, RunState, clear_state, cluster_lock, load_state, new_run_id, now,
@@ -35,11 +34,23 @@ def marker_value(plan: Plan, p: ProcessSpec) -> str:
 # Health
 
 
+_http_client = None
+
+
+def _http():  # one pooled client: creating one per request costs ~0.3 s of TLS setup on a busy machine
+    global _http_client
+    if _http_client is None:
+        import httpx
+
+        _http_client = httpx.Client(trust_env=False, verify=False)
+    return _http_client
+
+
 def http_health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
     import httpx
 
     try:
-        r = httpx.get(url, timeout=timeout, trust_env=False)
+        r = _http().get(url, timeout=timeout)
     except httpx.HTTPError as e:
         return False, type(e).__name__
     return (200 <= r.status_code < 300), f"HTTP {r.status_code}"
@@ -53,8 +64,10 @@ def http_health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
 class Observed:
     spec: ProcessSpec
     pid: int | None
-    state: str  # running | dead | zombie | absent
+    state: str  # running | dead | zombie | absent | foreign (pid reused by another process)
     ours: bool
+    uptime_s: float | None = None
+    last_line: str | None = None
 
 
 def read_pid(node: Node, p: ProcessSpec) -> int | None:
@@ -65,28 +78,39 @@ def exit_path(p: ProcessSpec) -> str:
     return p.pid_path[: -len(".pid")] + ".exit"
 
 
-def is_ours(node: Node, pid: int, plan: Plan, p: ProcessSpec) -> bool:
-    """The process carries our marker in its environment (a reused pid does not)."""
-    marker = shlex.quote(f"{MARKER}={marker_value(plan, p)}")
-    return node.ops.run(f"tr '\\0' '\\n' < /proc/{int(pid)}/environ 2>/dev/null | grep -qxF -- {marker}").ok
+def observe(plan: Plan, node: Node, *, last_lines: bool = False) -> dict[str, Observed]:
+    """State of every planned process on one host — pidfile, /proc state, our marker, uptime and
+    (optionally) the last log line — in one round trip."""
+    from .hosts.ops import PROC_STATE_FN
 
-
-def uptime_s(node: Node, pid: int) -> float | None:
-    out = node.ops.run(f"ps -o etimes= -p {int(pid)}").stdout.strip()
-    return float(out) if out.isdigit() else None
-
-
-def observe(plan: Plan, node: Node) -> dict[str, Observed]:
-    """State of every planned process on one host, from its pidfile and /proc."""
-    out: dict[str, Observed] = {}
+    parts = [PROC_STATE_FN]
     for p in node.plan.processes:
-        pid = read_pid(node, p)
-        if pid is None:
-            out[p.name] = Observed(p, None, "absent", False)
+        marker = shlex.quote(f"{MARKER}={marker_value(plan, p)}")
+        parts.append(f"""pid=$(head -c 32 -- {shlex.quote(node.path(p.pid_path))} 2>/dev/null | tr -dc 0-9)
+if [ -z "$pid" ]; then echo "P {p.name} - absent 0 -"; else
+  set -- $(_kv_state "$pid"); s=$1; ours=0
+  if [ "$s" = running ] && tr '\\0' '\\n' < /proc/$pid/environ 2>/dev/null | grep -qxF -- {marker}; then ours=1; fi
+  up=$(ps -o etimes= -p "$pid" 2>/dev/null | tr -dc 0-9); echo "P {p.name} $pid $s $ours ${{up:--}}"
+fi""")
+        if last_lines:
+            parts.append(f"printf 'L {p.name} '; tail -n 1 -- {shlex.quote(node.path(p.log_path))} 2>/dev/null | tr -d '\\n'; echo")
+    res = node.ops.run("\n".join(parts), check=True, what="process probe")
+    specs = {p.name: p for p in node.plan.processes}
+    out: dict[str, Observed] = {n: Observed(p, None, "absent", False) for n, p in specs.items()}
+    for line in res.stdout.splitlines():
+        kind, _, rest = line.partition(" ")
+        name, _, rest = rest.partition(" ")
+        if name not in specs:
             continue
-        state = node.ops.process_state(pid)
-        ours = state == "running" and is_ours(node, pid, plan, p)
-        out[p.name] = Observed(p, pid, state if (ours or state != "running") else "foreign", ours)
+        if kind == "P":
+            pid_s, state, ours_s, up_s = (rest.split() + ["-"] * 4)[:4]
+            pid = int(pid_s) if pid_s.isdigit() else None
+            ours = ours_s == "1"
+            if state == "running" and not ours:
+                state = "foreign"
+            out[name] = Observed(specs[name], pid, state, ours, float(up_s) if up_s.isdigit() else None)
+        elif kind == "L":
+            out[name].last_line = rest or None
     return out
 
 
@@ -109,31 +133,44 @@ def _start(node: Node, plan: Plan, p: ProcessSpec) -> int:
 
 def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[ProcessSpec], pids: dict[str, int],
                   timeout: float) -> dict[str, str]:
-    """Wait until every process answers its health URL. Returns failures: name → reason."""
+    """Wait until every process answers its health URL. Returns failures: name → reason.
+
+    Health is polled every 20 ms at first (the sim is up in well under a second), backing off to
+    0.5 s; whether the processes are still alive is asked of their hosts once a second."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from .hosts.parallel import run_parallel
 
     pending = {p.name: p for p in procs}
     failures: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    next_alive_check = t0 + 1.0
     con = c.console()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=con, transient=True, disable=c.as_json) as progress:
         tasks = {n: progress.add_task(f"{n}: waiting for {p.health_url}", total=1) for n, p in pending.items()}
-        delay = 0.05
         while pending and time.monotonic() < deadline:
             for name, p in list(pending.items()):
-                ok, _ = http_health(p.health_url, timeout=1.0)
-                if ok:
+                if http_health(p.health_url, timeout=1.0)[0]:
                     progress.update(tasks[name], completed=1, description=f"{name}: healthy")
                     del pending[name]
-                    continue
-                state = nodes[p.host].ops.process_state(pids[name])
-                if state != "running":
-                    failures[name] = f"exited during startup ({state})"
-                    del pending[name]
+            if pending and time.monotonic() >= next_alive_check:
+                by_host: dict[str, list[ProcessSpec]] = {}
+                for p in pending.values():
+                    by_host.setdefault(p.host, []).append(p)
+                states = run_parallel(by_host, lambda ps: nodes[ps[0].host].ops.process_states([pids[p.name] for p in ps]))
+                for host, st in states.items():
+                    if isinstance(st, BaseException):
+                        continue
+                    for p in by_host[host]:
+                        if st.get(pids[p.name]) != "running":  # type: ignore[union-attr]
+                            failures[p.name] = f"exited during startup ({st.get(pids[p.name])})"  # type: ignore[union-attr]
+                            del pending[p.name]
+                next_alive_check = time.monotonic() + 1.0
             if pending:
-                time.sleep(delay)
-                delay = min(delay * 1.5, 1.0)
+                elapsed = time.monotonic() - t0
+                time.sleep(0.02 if elapsed < 5 else 0.1 if elapsed < 30 else 0.5)
     for name in pending:
         failures[name] = f"not healthy after {timeout:.0f} s ({pending[name].health_url})"
     return failures
@@ -280,31 +317,35 @@ class _StartFailed(Exception):
 
 
 def _stop(plan: Plan, nodes: dict[str, Node], names: list[str] | None, grace: float) -> dict[str, dict[str, Any]]:
-    """Stop our processes (all planned ones, or ``names``): engines first, then the controller."""
+    """Stop our processes (all planned ones, or ``names``): engines first, then the controller.
+    A pid that no longer carries our marker is never signalled."""
     from .hosts.parallel import run_parallel
 
+    observed: dict[str, Observed] = {}
+    for host, obs in run_parallel(nodes, lambda n: observe(plan, n)).items():
+        if isinstance(obs, BaseException):
+            raise UserError(f"host {host}: cannot read process state: {obs}")
+        observed.update(obs)  # type: ignore[arg-type]
     results: dict[str, dict[str, Any]] = {}
     for stage in reversed(plan.stages()):
-        todo = [p for p in stage if (names is None or p.name in names) and p.host in nodes]
+        todo = [p for p in stage if (names is None or p.name in names) and p.name in observed]
 
         def stop_one(p: ProcessSpec) -> dict[str, Any]:
-            node = nodes[p.host]
-            pid = read_pid(node, p)
-            if pid is None:
+            node, o = nodes[p.host], observed[p.name]
+            if o.pid is None:
                 return {"host": p.host, "pid": None, "result": "not started"}
-            st = node.ops.process_state(pid)
-            if st != "running":
+            if o.state == "foreign":
                 _forget(node, p)
-                return {"host": p.host, "pid": pid, "result": "already stopped", "exit_code": node.ops.read_exit_code(exit_path(p))}
-            if not is_ours(node, pid, plan, p):
+                return {"host": p.host, "pid": o.pid, "result": "pid now belongs to another process: left alone"}
+            if not o.ours:
                 _forget(node, p)
-                return {"host": p.host, "pid": pid, "result": "pid now belongs to another process: left alone"}
-            res = node.ops.stop_group(pid, grace, exit_path=exit_path(p))
+                return {"host": p.host, "pid": o.pid, "result": "already stopped", "exit_code": node.ops.read_exit_code(exit_path(p))}
+            res = node.ops.stop_group(o.pid, grace, exit_path=exit_path(p))
             _forget(node, p)
             how = "not running" if res.signal is None else ("SIGKILL after grace" if res.forced else "SIGTERM")
             if res.remaining:
                 how = f"still running after SIGKILL: {res.remaining}"
-            return {"host": p.host, "pid": pid, "result": how, "seconds": round(res.elapsed_s, 2), "exit_code": res.exit_code}
+            return {"host": p.host, "pid": o.pid, "result": how, "seconds": round(res.elapsed_s, 2), "exit_code": res.exit_code}
 
         for name, r in run_parallel({p.name: p for p in todo}, stop_one).items():
             results[name] = r if isinstance(r, dict) else {"result": f"error: {r}"}
@@ -361,12 +402,16 @@ def _forget(node: Node, p: ProcessSpec) -> None:
 
 def _leftovers(plan: Plan, nodes: dict[str, Node]) -> list[str]:
     """Ports still held on any host after down (by anyone: the user needs to know)."""
-    out = []
-    for node in nodes.values():
-        for p in node.plan.processes:
-            held = node.ops.ports_in_use(p.ports, p.bind)
-            for port, holder in held.items():
-                out.append(f"{node.name}: port {port} ({p.name}) held by {holder}")
+    from .hosts.parallel import run_parallel
+
+    def check(node: Node) -> list[str]:
+        owner = {port: p.name for p in node.plan.processes for port in p.ports}
+        held = node.ops.ports_in_use(list(owner), None)
+        return [f"{node.name}: port {port} ({owner[port]}) held by {holder}" for port, holder in sorted(held.items())]
+
+    out: list[str] = []
+    for host, r in run_parallel(nodes, check).items():
+        out.extend(r if isinstance(r, list) else [f"{host}: cannot check ports: {r}"])
     return out
 
 
@@ -375,20 +420,19 @@ def _leftovers(plan: Plan, nodes: dict[str, Node]) -> list[str]:
 
 
 def status_rows(plan: Plan, nodes: dict[str, Node]) -> list[dict[str, Any]]:
+    from .evidence import strip_ansi
     from .hosts.parallel import run_parallel
 
     def host_rows(node: Node) -> list[dict[str, Any]]:
         rows = []
-        for name, o in observe(plan, node).items():
+        for name, o in observe(plan, node, last_lines=True).items():
             p = o.spec
             row: dict[str, Any] = {"process": name, "host": p.host, "pid": o.pid, "port": p.port, "state": o.state,
-                                   "health_url": p.health_url, "uptime_s": None, "last_log_line": None}
+                                   "health_url": p.health_url, "uptime_s": o.uptime_s if o.ours else None,
+                                   "last_log_line": strip_ansi(o.last_line).strip() if o.last_line else None}
             if o.ours:
                 healthy, detail = http_health(p.health_url)
                 row["state"] = "running" if healthy else f"unhealthy ({detail})"
-                row["uptime_s"] = uptime_s(node, o.pid)  # type: ignore[arg-type]
-            last = node.ops.tail(node.path(p.log_path), 1)
-            row["last_log_line"] = strip_ansi(last).strip() if last else None
             rows.append(row)
         return rows
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,7 +78,13 @@ class HostSpec(EnvMixin):
     connector: Literal["ssh", "local"] = "ssh"
     ssh: SshSpec = Field(default_factory=SshSpec)
     workdir: str = Field("~/.orchestrate", description="working directory on the host (files, logs, pids)")
-    python: str = Field("python3", description="the host's Python (a venv's bin/python) running vLLM/LMCache")
+    python: str | None = Field(None, description="the host's Python (a venv's bin/python) running vLLM/LMCache; "
+                               "default: python3 (ssh), this Python (local)")
+
+    def interpreter(self) -> str:
+        if self.python:
+            return self.python
+        return sys.executable if self.connector == "local" else "python3"
 
 
 class MonitorPorts(Strict):

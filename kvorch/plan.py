@@ -180,7 +180,7 @@ class _Builder:
         monitor = {"pull": c.monitor_ports.pull, "reply": c.monitor_ports.reply}
         if c.monitor_ports.heartbeat is not None:
             monitor["heartbeat"] = c.monitor_ports.heartbeat
-        python = self.inv.hosts[c.host].python
+        python = self.inv.hosts[c.host].interpreter()
         kind = self.inv.controller_kind()
         head = [python, "-m", "kvorch.sim.controller"] if kind == "sim" else [_bin(python, "lmcache_controller")]
         argv = head + ["--host", bind, "--port", str(c.port), "--monitor-ports", _json(monitor)] + c.args
@@ -196,7 +196,7 @@ class _Builder:
             return
         bind = s.bind or self.inv.bind
         chunk = self.inv.lmcache.get("chunk_size", 256)
-        python = self.inv.hosts[s.host].python
+        python = self.inv.hosts[s.host].interpreter()
         argv = [_bin(python, "lmcache"), "server", "--host", bind, "--port", str(s.port), "--chunk-size", str(chunk),
                 "--l1-size-gb", _num(s.l1_size_gb), "--l1-init-size-gb", _num(s.l1_size_gb), "--eviction-policy",
                 s.eviction_policy, "--supported-transfer-mode", "auto", "--http-host", bind, "--http-port",
@@ -228,12 +228,13 @@ class _Builder:
         bind = e.bind or inv.bind
         v = inv.vllm
         ov = e.vllm
+        python = hs.interpreter()
         if kind == "sim":
-            head = [hs.python, "-m", "kvorch.sim.engine", "--model", inv.model]
+            head = [python, "-m", "kvorch.sim.engine", "--model", inv.model]
         elif v.launcher == "serve":
-            head = [_bin(hs.python, "vllm"), "serve", inv.model]
+            head = [_bin(python, "vllm"), "serve", inv.model]
         else:
-            head = [hs.python, "-m", "vllm.entrypoints.openai.api_server", "--model", inv.model]
+            head = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", inv.model]
         argv = head + ["--host", bind, "--port", str(e.port)]
 
         def pick(field: str) -> Any:
@@ -307,7 +308,7 @@ class _Builder:
         hosts = []
         for name, hs in self.inv.hosts.items():
             hosts.append(HostPlan(name=name, address=hs.address, connector=hs.connector, workdir=hs.workdir,
-                                  python=hs.python, files=self.files[name], processes=self.procs[name]))
+                                  python=hs.interpreter(), files=self.files[name], processes=self.procs[name]))
         return Plan(cluster=self.inv.cluster, topology=self.inv.topology, engine=self.inv.engine, model=self.inv.model,
                     hosts=hosts)
 

@@ -91,11 +91,15 @@ def host_checks(inv: Inventory, plan: Plan, node: Node, skip_ports_of: set[str])
             checks.append(Check(h, "gpu", "warn" if busy else "ok", detail,
                                 "another process uses the GPU: stop it or pick CUDA_VISIBLE_DEVICES" if busy else None))
 
-    # Ports
+    # Ports: one look per bind address
+    held_by_bind: dict[str, dict[int, str]] = {}
+    for bind in {p.bind for p in node.plan.processes if p.name not in skip_ports_of}:
+        ports = [port for p in node.plan.processes if p.bind == bind and p.name not in skip_ports_of for port in p.ports]
+        held_by_bind[bind] = node.ops.ports_in_use(ports, bind)
     for p in node.plan.processes:
         if p.name in skip_ports_of:
             continue
-        held = node.ops.ports_in_use(p.ports, p.bind)
+        held = {port: who for port, who in held_by_bind[p.bind].items() if port in p.ports}
         if held:
             who = "; ".join(f"{port} by {holder}" for port, holder in sorted(held.items()))
             checks.append(Check(h, f"ports {p.name}", "fail", f"taken: {who}",

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""How much time does `orchestrate up` add on top of the processes' own startup?
+
+For each connector (local, and SSH to the two loopback hosts when sshd is installed):
+  own    = time from spawning the controller until it answers health, plus the same for the
+           slowest engine — each process started by hand, directly, with the same argv and env
+  up     = wall time of `orchestrate up --skip-preflight` (and of `up` with preflight)
+  ratio  = up / own; overhead = up − own (target ≤ 0.5 s with the simulated engine)
+Bounded: 3 rounds per setting, each process stopped right after. Prints a table of ratios.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from kvorch.inventory import load_inventory  # noqa: E402
+from kvorch.plan import build_plan  # noqa: E402
+
+ROUNDS = 3
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=0.5, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_all(urls: list[str], t0: float, timeout: float = 30.0) -> float:
+    """Seconds from t0 until the last of urls answers health."""
+    pending, last = set(urls), 0.0
+    while pending:
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(pending)
+        for url in list(pending):
+            if healthy(url):
+                pending.discard(url)
+                last = time.monotonic() - t0
+        time.sleep(0.005)
+    return last
+
+
+def own_startup(inv_path: Path) -> float:
+    """Per stage, the slowest process's own startup (spawned directly, same argv and env), summed."""
+    plan = build_plan(load_inventory(inv_path))
+    total, running = 0.0, []
+    try:
+        for stage in plan.stages():
+            t0 = time.monotonic()
+            for p in stage:
+                cwd = tempfile.mkdtemp(prefix="bench-own-")
+                env = {**os.environ, **p.env, "PROMETHEUS_MULTIPROC_DIR": cwd}
+                cfg = next((f for f in plan.host(p.host).files if f.path == p.config_file), None)
+                if cfg is not None:
+                    (Path(cwd) / cfg.path).write_text(cfg.content)
+                    env["LMCACHE_CONFIG_FILE"] = str(Path(cwd) / cfg.path)
+                running.append(subprocess.Popen(p.argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL, start_new_session=True))
+            total += wait_all([p.health_url for p in stage], t0)
+    finally:
+        for pr in reversed(running):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pr.pid, signal.SIGTERM)
+        for pr in running:
+            pr.wait(10)
+    return total
+
+
+def orchestrate(args: list[str], env: dict[str, str], cwd: str) -> float:
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, str(ROOT / "orchestrate.py"), *args], env=env, cwd=cwd, capture_output=True, text=True)
+    took = time.monotonic() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"orchestrate {' '.join(args)} failed: {r.stderr}{r.stdout}")
+    return took
+
+
+def measure(name: str, inv_path: Path, ssh_config: Path | None) -> None:
+    work = tempfile.mkdtemp(prefix="bench-up-")
+    env = {**os.environ, "ORCHESTRATE_STATE": f"{work}/state", "ORCHESTRATE_LOGS": f"{work}/logs",
+           "ORCHESTRATE_INVENTORY": str(inv_path)}
+    if ssh_config:
+        env["ORCHESTRATE_SSH_CONFIG"] = str(ssh_config)
+    own, ups, ups_pf = [], [], []
+    for _ in range(ROUNDS):
+        own.append(own_startup(inv_path))
+        time.sleep(0.3)
+        ups.append(orchestrate(["up", "--skip-preflight"], env, work))
+        orchestrate(["down", "--no-collect"], env, work)
+        ups_pf.append(orchestrate(["up"], env, work))
+        orchestrate(["down", "--no-collect"], env, work)
+    o, u, up = sorted(own)[1], sorted(ups)[1], sorted(ups_pf)[1]
+    print(f"{name:<10} own startup {o:6.2f} s | up {u:6.2f} s  ratio {u / o:5.2f}  overhead {u - o:+.2f} s | "
+          f"up+preflight {up:6.2f} s  overhead {up - o:+.2f} s   (median of {ROUNDS})")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-inv-"))
+    local = yaml.safe_load((ROOT / "inventories/local.yaml").read_text())
+    local["hosts"]["local"]["workdir"] = str(tmp / "local")
+    (tmp / "local.yaml").write_text(yaml.safe_dump(local))
+    print("orchestrate up overhead, simulated engine (median of 3 rounds)")
+    measure("local", tmp / "local.yaml", None)
+    from sshd import SshdCluster, sshd_unavailable_reason
+
+    if sshd_unavailable_reason():
+        print(f"loopback   skipped: {sshd_unavailable_reason()}")
+        return
+    with SshdCluster(tmp / "sshd") as cluster:
+        lb = yaml.safe_load((ROOT / "inventories/loopback.yaml").read_text())
+        for h in lb["hosts"].values():
+            h["ssh"]["port"] = cluster.port
+            h["workdir"] = str(tmp / h["address"])
+        (tmp / "loopback.yaml").write_text(yaml.safe_dump(lb))
+        measure("ssh x2", tmp / "loopback.yaml", cluster.ssh_config)
+
+
+if __name__ == "__main__":
+    main()
