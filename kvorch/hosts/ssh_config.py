@@ -1,0 +1,184 @@
+"""SSH connection settings: an OpenSSH config file (read with paramiko.SSHConfig) plus inventory
+overrides, which win.
+
+Fabric 3.2 reads only part of an ssh_config and ignores ``UserKnownHostsFile`` and
+``StrictHostKeyChecking`` (DESIGN.md §6), so the settings are resolved here, completely, and
+handed to :class:`kvorch.hosts.ssh.SshTransport`, which gives Fabric nothing to guess.
+
+Defaults differ from OpenSSH on purpose: no SSH agent and no ``~/.ssh/id_*`` guessing unless the
+settings say so (``allow_agent``, ``look_for_keys``, or an ``IdentityFile``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from typing import Any, Literal, Mapping
+
+import paramiko
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_SSH_CONFIG = "~/.ssh/config"
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+
+StrictMode = Literal["yes", "no", "accept-new", "ask", "off"]
+
+
+class SshSettings(BaseModel):
+    """Everything needed to open one SSH connection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hostname: str
+    port: int = 22
+    user: str = Field(default_factory=getpass.getuser)
+    identity_files: list[str] = Field(default_factory=list)
+    #: empty → ``~/.ssh/known_hosts``
+    known_hosts_files: list[str] = Field(default_factory=list)
+    #: "yes"/"ask" → refuse unknown and changed keys; "accept-new" → record unknown keys in the
+    #: first known_hosts file, refuse changed ones; "no"/"off" → no verification (loud warning).
+    strict_host_key_checking: StrictMode = "yes"
+    #: OpenSSH ``ProxyJump``: ``[user@]host[:port][,...]`` (hops are resolved through the same
+    #: ssh_config, so they may be aliases).
+    proxy_jump: str | None = None
+    connect_timeout: float = 10.0
+    allow_agent: bool = False
+    look_for_keys: bool = False
+    #: the name that was looked up (an alias, or the address itself)
+    alias: str | None = None
+    #: the ssh_config the settings came from (ProxyJump hops are resolved through it)
+    ssh_config_path: str | None = None
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        v = v.strip()
+        if not v or re.search(r"\s", v):
+            raise ValueError(f"invalid host name {v!r}")
+        if v.startswith("-"):
+            raise ValueError(f"host name may not start with '-': {v!r}")
+        return v
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int) -> int:
+        if not 0 < v < 65536:
+            raise ValueError(f"port out of range: {v}")
+        return v
+
+    @field_validator("strict_host_key_checking", mode="before")
+    @classmethod
+    def _strict(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("identity_files", "known_hosts_files", mode="before")
+    @classmethod
+    def _paths(cls, v: Any) -> Any:
+        if isinstance(v, (str, os.PathLike)):
+            v = [v]
+        return [os.path.expanduser(os.fspath(p)) for p in v]
+
+    @field_validator("connect_timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("connect_timeout must be > 0")
+        return v
+
+    @property
+    def verify_host_keys(self) -> bool:
+        return self.strict_host_key_checking not in ("no", "off")
+
+    @property
+    def known_hosts_name(self) -> str:
+        """How this host is written in a known_hosts file: ``[addr]:port`` unless port 22."""
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+    def effective_known_hosts_files(self) -> list[str]:
+        return list(self.known_hosts_files) or [os.path.expanduser(DEFAULT_KNOWN_HOSTS)]
+
+    def target(self) -> str:
+        return f"{self.user}@{self.hostname}:{self.port}"
+
+
+def split_host_spec(spec: str) -> tuple[str | None, str, int | None]:
+    """``[user@]host[:port]`` (``[v6addr]:port`` too) → (user, host, port)."""
+    user = None
+    if "@" in spec:
+        user, spec = spec.rsplit("@", 1)
+    port = None
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", spec)
+    if m:
+        host, p = m.group(1), m.group(2)
+        port = int(p) if p else None
+    elif spec.count(":") == 1:
+        host, p = spec.split(":")
+        port = int(p)
+    else:
+        host = spec
+    return user, host, port
+
+
+def _load_config(path: str | None) -> tuple[paramiko.SSHConfig, str | None]:
+    if path is None:
+        default = os.path.expanduser(DEFAULT_SSH_CONFIG)
+        if os.path.exists(default):
+            return paramiko.SSHConfig.from_path(default), default
+        return paramiko.SSHConfig(), None
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"ssh_config file not found: {path}")
+    return paramiko.SSHConfig.from_path(path), path
+
+
+def resolve_ssh_settings(
+    alias_or_address: str,
+    ssh_config_path: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> SshSettings:
+    """Resolve one host the way OpenSSH would, then apply ``overrides`` (SshSettings field names;
+    ``None`` values are ignored). ``alias_or_address`` may be ``user@host:port``.
+
+    ``ssh_config_path=None`` reads ``~/.ssh/config`` when it exists; pass ``os.devnull`` to read none.
+    Read from the config: HostName, Port, User, IdentityFile, UserKnownHostsFile,
+    GlobalKnownHostsFile, StrictHostKeyChecking, ProxyJump, ConnectTimeout.
+    """
+    user, host, port = split_host_spec(alias_or_address)
+    cfg, cfg_path = _load_config(None if ssh_config_path is None else os.fspath(ssh_config_path))
+    found = cfg.lookup(host)
+
+    data: dict[str, Any] = {"alias": host, "ssh_config_path": cfg_path, "hostname": found.get("hostname", host)}
+    if "port" in found:
+        data["port"] = int(found["port"])
+    if "user" in found:
+        data["user"] = found["user"]
+    if found.get("identityfile"):
+        data["identity_files"] = list(found["identityfile"])
+    kh: list[str] = []
+    for key in ("userknownhostsfile", "globalknownhostsfile"):
+        val = found.get(key)
+        if not val:
+            continue
+        for p in val.split():
+            kh.append(os.devnull if p.lower() == "none" else p)
+    if kh:
+        data["known_hosts_files"] = kh
+    if "stricthostkeychecking" in found:
+        data["strict_host_key_checking"] = found["stricthostkeychecking"]
+    if found.get("proxyjump") and found["proxyjump"].lower() != "none":
+        data["proxy_jump"] = found["proxyjump"]
+    if "connecttimeout" in found:
+        data["connect_timeout"] = float(found["connecttimeout"])
+
+    # user@host:port in the spec beats the config (as with `ssh -p`), overrides beat both
+    if user:
+        data["user"] = user
+    if port:
+        data["port"] = port
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            data[k] = v
+    return SshSettings(**data)
