@@ -33,21 +33,30 @@ def text_of_words(n_words: int, seed: int) -> str:
 
 
 def text_of_tokens(n_tokens: int, seed: int, count: TokenCounter | None = None) -> str:
-    """About ``n_tokens`` tokens of prose (exactly at least n when the engine can count tokens)."""
-    words = max(1, int(n_tokens * 0.8))
+    """Prose of at least ``n_tokens`` tokens and as few more as the engine's tokenizer allows
+    (when it can count: POST /tokenize); about ``n_tokens`` otherwise."""
+    words = max(1, int(n_tokens * 0.75))
     text = text_of_words(words, seed)
-    if count is None:
+    if count is None or (n := count(text)) is None:
         return text
-    n = count(text)
-    if n is None:
-        return text
-    for _ in range(8):  # converge on the engine's tokenizer
-        if n >= n_tokens:
-            break
-        words = max(words + 1, int(words * n_tokens / max(n, 1)) + 2)
+    best: tuple[int, str] | None = (n, text) if n >= n_tokens else None
+    lo, hi = (0, words) if n >= n_tokens else (words, None)
+    for _ in range(12):  # bisect on the word count
+        if hi is None:
+            words = words * 2
+        else:
+            if hi - lo <= 1:
+                break
+            words = (lo + hi) // 2
         text = text_of_words(words, seed)
-        n = count(text) or n_tokens
-    return text
+        n = count(text) or 0
+        if n >= n_tokens:
+            hi = words
+            if best is None or n < best[0]:
+                best = (n, text)
+        else:
+            lo = words
+    return best[1] if best else text
 
 
 def nonce() -> str:
