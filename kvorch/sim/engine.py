@@ -428,10 +428,11 @@ class Engine:
 
     async def generate(self, req_id: str, tokens: list[int], sp: Sampling,
                        segments: list[list[int]] | None = None,
-                       ext_id: str | None = None) -> AsyncIterator[Event]:
+                       ext_id: str | None = None, received: float | None = None) -> AsyncIterator[Event]:
         m, lat = self.metrics, self.latency
         n = len(tokens)
         t_arrival = time.perf_counter()
+        pre_work = t_arrival - received if received is not None else 0.0  # parsing, tokenizing
         if self.args.enable_log_requests:
             self._log_request(ext_id or req_id, req_id, sp)
         self.waiting += 1
@@ -492,7 +493,9 @@ class Engine:
                     modeled += lat.prefill_s(int(rr.retrieved * lmc.blend_ratio))
             modeled += lat.prefill_s(max(compute, 1))
             modeled *= factor
-            elapsed = time.perf_counter() - t_prefill
+            # The sim's own work since the request was scheduled (tokenizing, hashing, lookups) is
+            # part of the modeled time, not added to it: TTFT matches the configured latency.
+            elapsed = time.perf_counter() - t_sched + pre_work
             if modeled > elapsed:
                 await asyncio.sleep(modeled - elapsed)
             self.prefix.insert(block_keys)
@@ -600,7 +603,7 @@ class Engine:
         so = body.get("stream_options") or {}
         include_usage = bool(so.get("include_usage")) if stream else True
         continuous = include_usage and bool(so.get("continuous_usage_stats"))
-        gens = [self.generate(self._engine_id(f"{base}-{i}"), t, sp, segs, f"{base}-{i}")
+        gens = [self.generate(self._engine_id(f"{base}-{i}"), t, sp, segs, f"{base}-{i}", request.received)
                 for i, ((t, segs), sp) in enumerate(zip(prompts, sps, strict=True))]
 
         def chunk(i: int, text: str, fin: str | None, usage=None) -> dict:
@@ -714,7 +717,7 @@ class Engine:
         so = body.get("stream_options") or {}
         include_usage = bool(so.get("include_usage")) if stream else True
         continuous = include_usage and bool(so.get("continuous_usage_stats"))
-        gen = self.generate(self._engine_id(base), tokens, sp, segs, base)
+        gen = self.generate(self._engine_id(base), tokens, sp, segs, base, request.received)
         if stream:
             def first(i):
                 return {"id": base, "object": "chat.completion.chunk", "created": created,

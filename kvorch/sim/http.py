@@ -9,6 +9,7 @@ Content-Length and chunked request bodies, JSON and byte responses, chunked stre
 from __future__ import annotations
 
 import asyncio
+import time
 import json
 import traceback
 from typing import Any, Awaitable, Callable
@@ -44,6 +45,7 @@ class Headers(dict):
 class Request:
     def __init__(self, method: str, target: str, version: str, headers: Headers, body: bytes,
                  peer: Any, writer: asyncio.StreamWriter):
+        self.received = time.perf_counter()  # when the whole request had arrived
         self.method = method
         parts = urlsplit(target)
         self.path = parts.path or "/"
