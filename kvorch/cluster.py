@@ -47,7 +47,18 @@ def _http():  # one pooled client: creating one per request costs ~0.3 s of TLS 
 
 
 def http_health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    """http://…: a 2xx answer; tcp://host:port (a service with no health endpoint): it accepts."""
     import httpx
+
+    if url.startswith("tcp://"):
+        import socket
+
+        host, _, port = url[len("tcp://"):].rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout):
+                return True, "accepts connections"
+        except OSError as e:
+            return False, e.strerror or type(e).__name__
 
     try:
         r = _http().get(url, timeout=timeout)

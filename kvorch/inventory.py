@@ -115,10 +115,13 @@ class LmcacheServerSpec(EnvMixin):
 
 
 class ProxySpec(EnvMixin):
-    """The disaggregated-prefill proxy (topology ``pd``)."""
+    """The disaggregated-prefill proxy (topology ``pd``): LMCache's example
+    ``disagg_proxy_server.py`` (not part of the lmcache package: give its path on the host)."""
 
     host: str
-    port: int = Field(9100, ge=1, le=65535)
+    script: str = Field(description="path of disagg_proxy_server.py on the host")
+    port: int = Field(9100, ge=1, le=65535, description="its OpenAI API port")
+    proxy_port: int = Field(7500, ge=1, le=65535, description="its ZMQ port the prefillers notify (pd_proxy_port)")
     bind: str | None = None
     args: list[str] = Field(default_factory=list)
 
@@ -170,6 +173,8 @@ class EngineSpec(EnvMixin):
     config_file: str | None = Field(None, description="name of the rendered LMCache config (default: <name>.yaml)")
     p2p_init_port: int | None = Field(None, ge=1, le=65535)
     p2p_lookup_port: int | None = Field(None, ge=1, le=65535)
+    pd_peer_init_port: int | None = Field(None, ge=1, le=65535, description="pd decoder: where prefillers connect")
+    pd_peer_alloc_port: int | None = Field(None, ge=1, le=65535, description="pd decoder: allocation port")
     worker_port: int | None = Field(None, ge=1, le=65535)
     lmcache: dict[str, Any] = Field(default_factory=dict, description="LMCache config keys for this engine")
     vllm: VllmOverrides = Field(default_factory=VllmOverrides)
@@ -294,9 +299,10 @@ def _ports(inv: Inventory) -> list[tuple[str, int, tuple[str | int, ...], str]]:
         out.append((s.host, s.http_port, ("lmcache_server", "http_port"), "lmcache server http"))
     if inv.proxy:
         out.append((inv.proxy.host, inv.proxy.port, ("proxy", "port"), "proxy"))
+        out.append((inv.proxy.host, inv.proxy.proxy_port, ("proxy", "proxy_port"), "proxy zmq"))
     for i, e in enumerate(inv.engines):
         out.append((e.host, e.port, ("engines", i, "port"), f"engine {e.name}"))
-        for key in ("p2p_init_port", "p2p_lookup_port", "worker_port"):
+        for key in ("p2p_init_port", "p2p_lookup_port", "worker_port", "pd_peer_init_port", "pd_peer_alloc_port"):
             v = getattr(e, key)
             if v is not None:
                 out.append((e.host, v, ("engines", i, key), f"engine {e.name} {key}"))
@@ -358,7 +364,18 @@ def check_inventory(inv: Inventory) -> list[Problem]:
         if not {"prefill", "decode"} <= roles:
             problems.append(Problem(("engines",), "topology pd needs at least one engine with role prefill and one with role decode", "set role: on the engines"))
         if inv.proxy is None:
-            problems.append(Problem(("proxy",), "topology pd needs a proxy", "add proxy: {host: …, port: 9100}"))
+            problems.append(Problem(("proxy",), "topology pd needs a proxy", "add proxy: {host: …, script: …/disagg_proxy_server.py}"))
+        for i, e in enumerate(inv.engines):
+            if e.role == "decode":
+                for key in ("pd_peer_init_port", "pd_peer_alloc_port"):
+                    if getattr(e, key) is None:
+                        problems.append(Problem(("engines", i, key), f"PD decoder {e.name!r} needs {key}", "set a free port for it"))
+            elif e.role != "prefill":
+                problems.append(Problem(("engines", i, "role"), "in topology pd every engine is a prefill or a decode engine", "set role: prefill or decode"))
+    if inv.topology == "blend" and not ({**inv.lmcache}.get("enable_blending") or all(e.lmcache.get("enable_blending") for e in inv.engines)):
+        problems.append(Problem(("lmcache", "enable_blending"), "topology blend needs enable_blending: true", "add the CacheBlend keys (enable_blending, blend_special_str, use_layerwise, blend_check_layers, blend_recompute_ratios) to lmcache:"))
+    if inv.topology == "mp" and any(inv.engine_kind(e) == "sim" for e in inv.engines):
+        problems.append(Problem(("engine",), "the simulated engine does not implement LMCache's multiprocess mode", "use engine: vllm for topology mp (see inventories/local-cpu.yaml)"))
 
     # PYTHONHASHSEED must be the same for every engine (else: zero cross-engine cache hits).
     seeds: dict[str, str | None] = {}
@@ -386,10 +403,12 @@ def check_inventory(inv: Inventory) -> list[Problem]:
 
     # LMCache keys: known to the target version, and not derived ones.
     derived = {"p2p_host", "p2p_init_ports", "p2p_lookup_ports", "lmcache_instance_id", "controller_pull_url",
-               "controller_reply_url", "lmcache_worker_ports", "enable_p2p", "enable_controller"}
+               "controller_reply_url", "lmcache_worker_ports", "enable_p2p", "enable_controller",
+               "enable_pd", "pd_role", "pd_peer_host", "pd_peer_init_port", "pd_peer_alloc_port", "pd_proxy_host",
+               "pd_proxy_port"}
     for base, d in [(("lmcache",), inv.lmcache)] + [(("engines", i, "lmcache"), e.lmcache) for i, e in enumerate(inv.engines)]:
         for key in d:
-            if key in derived and inv.topology == "p2p":
+            if key in derived and inv.topology in ("p2p", "pd"):
                 problems.append(Problem(base + (key,), f"{key} is derived from the hosts and ports of the inventory", "remove it; set the engine's host/ports instead"))
             elif (msg := lmcache_key_problem(key)) is not None:
                 problems.append(Problem(base + (key,), msg, "use a key LMCache 0.5.6 knows (see docs/LMCACHE_KEYS.md)"))

@@ -149,7 +149,8 @@ class _Builder:
                     own_env: dict[str, str], extra_env: dict[str, str], argv: list[str], bind: str, port: int,
                     ports: list[int], health_path: str, health_port: int | None = None, metrics_path: str | None = "/metrics",
                     api: bool = False, allow_secrets: bool = True, fresh_dirs: list[str] | None = None,
-                    instance_id: str | None = None, config_file: str | None = None) -> ProcessSpec:
+                    instance_id: str | None = None, config_file: str | None = None,
+                    health: Literal["http", "tcp"] = "http") -> ProcessSpec:
         hs = self.inv.hosts[host]
         env, secrets = self.env_for(host, own_env, extra_env, allow_secrets=allow_secrets)
         addr = _connect_address(bind, hs)
@@ -158,7 +159,7 @@ class _Builder:
             name=name, kind=kind, program=program, role=role, host=host, stage=stage, env=env,
             secret_env=sorted(secrets), argv=argv, launch_script=f"run/{name}.sh", log_path=f"logs/{name}.log",
             pid_path=f"run/{name}.pid", fresh_dirs=fresh_dirs or [], bind=bind, address=addr, port=port,
-            ports=ports, health_url=f"http://{addr}:{hp}{health_path}",
+            ports=ports, health_url=f"{'http' if health == 'http' else 'tcp'}://{addr}:{hp}{health_path}",
             metrics_url=f"http://{addr}:{hp}{metrics_path}" if metrics_path else None,
             api_url=f"http://{addr}:{port}/v1" if api else None, instance_id=instance_id, config_file=config_file,
         )
@@ -215,10 +216,12 @@ class _Builder:
             addr = _connect_address(s.bind or self.inv.bind, self.inv.hosts[s.host])
             return {"kv_connector": "LMCacheMPConnector", "kv_role": "kv_both",
                     "kv_connector_extra_config": {"lmcache.mp.host": f"tcp://{addr}", "lmcache.mp.port": s.port}}
-        if topo == "pd":
-            role = {"prefill": "kv_producer", "decode": "kv_consumer"}.get(e.role, "kv_both")
-            return {"kv_connector": "LMCacheConnectorV1", "kv_role": role,
-                    "kv_connector_extra_config": {"discard_partial_chunks": False, "lmcache_rpc_port": f"{e.name}"}}
+        if topo == "pd":  # as LMCache's examples/disagg_prefill/1p1d launcher
+            extra: dict[str, Any] = {"discard_partial_chunks": False, "lmcache_rpc_port": e.name}
+            if e.role == "decode":
+                extra["skip_last_n_tokens"] = 1
+            return {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_producer" if e.role == "prefill" else "kv_consumer",
+                    "kv_connector_extra_config": extra}
         return {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both"}
 
     def engine(self, e: EngineSpec) -> None:
@@ -274,7 +277,8 @@ class _Builder:
             metrics_dir = f"prometheus/{e.name}"
             extra_env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         fresh.append(metrics_dir)
-        ports = [e.port] + [p for p in (e.p2p_init_port, e.p2p_lookup_port, e.worker_port) if p is not None]
+        ports = [e.port] + [p for p in (e.p2p_init_port, e.p2p_lookup_port, e.worker_port, e.pd_peer_init_port,
+                                        e.pd_peer_alloc_port) if p is not None]
         self.add_process(
             name=e.name, kind="engine", program=kind, role=e.role, host=e.host, stage=1, own_env=own,
             extra_env=extra_env, argv=argv, bind=bind, port=e.port, ports=ports, health_path="/health", api=True,
@@ -287,6 +291,9 @@ class _Builder:
         settings = {**inv.lmcache, **e.lmcache}
         if isinstance(inv.lmcache.get("extra_config"), dict) and isinstance(e.lmcache.get("extra_config"), dict):
             settings["extra_config"] = {**inv.lmcache["extra_config"], **e.lmcache["extra_config"]}
+        proxy = None
+        if inv.proxy is not None:
+            proxy = {"address": inv.hosts[inv.proxy.host].address, "proxy_port": inv.proxy.proxy_port}
         controller = None
         if inv.controller is not None and inv.topology == "p2p":
             c = inv.controller
@@ -295,16 +302,44 @@ class _Builder:
         text = render_template(
             "lmcache-config.yaml.j2", lmcache_version=inv.lmcache_version, engine=e,
             host={"name": e.host, "address": hs.address}, topology=inv.topology, settings=settings,
-            controller=controller, instance_id=inv.instance_id(e),
+            controller=controller, instance_id=inv.instance_id(e), proxy=proxy,
         )
         check_lmcache_config(text, f"{inv.config_file(e)} (engine {e.name})")
         return text
+
+    def proxy(self) -> None:
+        """LMCache's disaggregated-prefill proxy (examples/disagg_prefill/disagg_proxy_server.py)."""
+        x = self.inv.proxy
+        if x is None:
+            return
+        bind = x.bind or self.inv.bind
+        hs = self.inv.hosts
+
+        def endpoints(role: str) -> list[EngineSpec]:
+            return [e for e in self.inv.engines if e.role == role]
+
+        pre, dec = endpoints("prefill"), endpoints("decode")
+        argv = [hs[x.host].interpreter(), x.script, "--host", bind, "--port", str(x.port),
+                "--prefiller-host", ",".join(hs[e.host].address for e in pre),
+                "--prefiller-port", ",".join(str(e.port) for e in pre), "--num-prefillers", str(len(pre)),
+                "--decoder-host", ",".join(hs[e.host].address for e in dec),
+                "--decoder-port", ",".join(str(e.port) for e in dec),
+                "--decoder-init-port", ",".join(str(e.pd_peer_init_port) for e in dec),
+                "--decoder-alloc-port", ",".join(str(e.pd_peer_alloc_port) for e in dec),
+                "--num-decoders", str(len(dec)), "--proxy-host", hs[x.host].address,
+                "--proxy-port", str(x.proxy_port)] + x.args
+        self.add_process(
+            name="proxy", kind="proxy", program="pd_proxy", role="proxy", host=x.host, stage=2, own_env=x.env,
+            extra_env={}, argv=argv, bind=bind, port=x.port, ports=[x.port, x.proxy_port], health_path="",
+            metrics_path=None, api=True, health="tcp",
+        )
 
     def build(self) -> Plan:
         self.controller()
         self.lmcache_server()
         for e in self.inv.engines:
             self.engine(e)
+        self.proxy()
         hosts = []
         for name, hs in self.inv.hosts.items():
             hosts.append(HostPlan(name=name, address=hs.address, connector=hs.connector, workdir=hs.workdir,
