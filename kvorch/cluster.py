@@ -135,6 +135,13 @@ def _upload(node: Node, plan: Plan) -> dict[str, str]:
     return {f.path: f.sha256 for f in node.plan.files}
 
 
+def _prepare(node: Node) -> None:
+    from .render import shell_argv
+
+    for cmd in node.plan.prepare:
+        node.ops.run(shell_argv(cmd), timeout=900, check=True, what=cmd[2] if len(cmd) > 2 else cmd[0])
+
+
 def _start(node: Node, plan: Plan, p: ProcessSpec) -> int:
     return node.ops.start_detached(
         script=node.path(p.launch_script), log_path=node.path(p.log_path), pid_path=node.path(p.pid_path),
@@ -233,6 +240,11 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                     preflight_mod.print_checks(c, checks)
                     raise UserError(f"preflight failed: {failed[0].host}: {failed[0].name}: {failed[0].detail}",
                                     hint=failed[0].hint, details=[f"{ch.host}: {ch.name}: {ch.detail}" for ch in failed[1:]])
+
+            prepared = run_parallel({n: node for n, node in nodes.items() if node.plan.prepare}, _prepare)
+            for host, res in prepared.items():
+                if isinstance(res, BaseException):
+                    raise UserError(f"host {host}: preparing failed: {res}", hint="run the command by hand on the host to see why")
 
             if state is None or not running:
                 state = RunState(run_id=new_run_id(plan.cluster), cluster=plan.cluster, inventory=c.inventory_path,

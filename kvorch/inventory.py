@@ -162,6 +162,16 @@ class SimSpec(Strict):
     max_num_seqs: int | None = Field(None, gt=0)
 
 
+class TinyModelSpec(Strict):
+    """Make ``model`` (an absolute path) on each engine host before starting: a small random Llama
+    with a locally trained tokenizer (``python -m kvorch.tinymodel``; nothing is downloaded)."""
+
+    layers: int = Field(4, ge=1)
+    hidden: int = Field(256, ge=64, multiple_of=64)
+    vocab: int = Field(4096, ge=512)
+    seed: int = 0
+
+
 class EngineSpec(EnvMixin):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     host: str
@@ -204,7 +214,8 @@ class Inventory(EnvMixin):
     vllm: VllmSpec = Field(default_factory=VllmSpec)
     lmcache: dict[str, Any] = Field(default_factory=dict, description="LMCache config keys for every engine")
     sim: SimSpec = Field(default_factory=SimSpec)
-    engines: list[EngineSpec] = Field(min_length=1)
+    tiny_model: TinyModelSpec | None = Field(None, description="make `model` (a path) locally on each engine host")
+    engines: list[EngineSpec] = Field(default_factory=list, description="may be empty: e.g. only a controller")
 
     # ---- derived views (no state) ------------------------------------------------------------
     def engine_kind(self, engine: EngineSpec) -> EngineKind:
@@ -376,6 +387,10 @@ def check_inventory(inv: Inventory) -> list[Problem]:
         problems.append(Problem(("lmcache", "enable_blending"), "topology blend needs enable_blending: true", "add the CacheBlend keys (enable_blending, blend_special_str, use_layerwise, blend_check_layers, blend_recompute_ratios) to lmcache:"))
     if inv.topology == "mp" and any(inv.engine_kind(e) == "sim" for e in inv.engines):
         problems.append(Problem(("engine",), "the simulated engine does not implement LMCache's multiprocess mode", "use engine: vllm for topology mp (see inventories/local-cpu.yaml)"))
+
+    if inv.tiny_model is not None and not inv.model.startswith("/"):
+        problems.append(Problem(("model",), "with tiny_model, model must be the absolute path to make it in",
+                                "e.g. model: /tmp/kvorch-models/tiny-llama-4x256"))
 
     # PYTHONHASHSEED must be the same for every engine (else: zero cross-engine cache hits).
     seeds: dict[str, str | None] = {}

@@ -70,6 +70,7 @@ class HostPlan(BaseModel):
     connector: Literal["ssh", "local"]
     workdir: str
     python: str
+    prepare: list[list[str]] = Field(default_factory=list, description="commands run (in order) before starting")
     files: list[PlannedFile]
     processes: list[ProcessSpec]
 
@@ -342,8 +343,14 @@ class _Builder:
         self.proxy()
         hosts = []
         for name, hs in self.inv.hosts.items():
+            prepare = []
+            tm = self.inv.tiny_model
+            if tm is not None and any(p.kind == "engine" and p.program == "vllm" for p in self.procs[name]):
+                prepare.append([hs.interpreter(), "-m", "kvorch.tinymodel", self.inv.model, "--layers", str(tm.layers),
+                                "--hidden", str(tm.hidden), "--vocab", str(tm.vocab), "--seed", str(tm.seed)])
             hosts.append(HostPlan(name=name, address=hs.address, connector=hs.connector, workdir=hs.workdir,
-                                  python=hs.interpreter(), files=self.files[name], processes=self.procs[name]))
+                                  python=hs.interpreter(), prepare=prepare, files=self.files[name],
+                                  processes=self.procs[name]))
         return Plan(cluster=self.inv.cluster, topology=self.inv.topology, engine=self.inv.engine, model=self.inv.model,
                     hosts=hosts)
 

@@ -33,7 +33,7 @@ class Check:
 
 
 def _packages_needed(plan: Plan, host: str) -> set[str]:
-    need: set[str] = set()
+    need: set[str] = {"kvorch"} if plan.host(host).prepare else set()
     for p in plan.host(host).processes:
         if p.program in ("sim", "sim_controller"):
             need.add("kvorch")
@@ -90,6 +90,13 @@ def host_checks(inv: Inventory, plan: Plan, node: Node, skip_ports_of: set[str])
             detail = ", ".join(f"{g.index}: {g.name} {g.memory_used_mib or 0:.0f} MiB used" for g in facts.gpus)
             checks.append(Check(h, "gpu", "warn" if busy else "ok", detail,
                                 "another process uses the GPU: stop it or pick CUDA_VISIBLE_DEVICES" if busy else None))
+
+    # The model: a local path must be there (unless `up` makes it: tiny_model)
+    if engines and plan.model.startswith("/") and not node.plan.prepare and not node.ops.exists(plan.model):
+        checks.append(Check(h, "model", "fail", f"{plan.model} does not exist on this host",
+                            f"copy the model there, or make a tiny one: {node.plan.python} -m kvorch.tinymodel {plan.model}"))
+    elif engines and plan.model.startswith("/"):
+        checks.append(Check(h, "model", "ok", plan.model + (" (made by `up` if missing)" if node.plan.prepare else "")))
 
     # Ports: one look per bind address
     held_by_bind: dict[str, dict[int, str]] = {}

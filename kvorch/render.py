@@ -37,10 +37,11 @@ def shell_path(value: str) -> str:
 
 
 def shell_argv(argv: list[str]) -> str:
-    """argv as one shell command line: every word quoted; argv[0] may start with ``~/``."""
+    """argv as one shell command line: every word quoted; a word starting with ``~/`` is a path
+    in the user's home (as in an inventory's python, script or model paths)."""
     if not argv:
         raise RenderError("empty command line")
-    return " ".join([shell_path(argv[0])] + [shlex.quote(a) for a in argv[1:]])
+    return " ".join(shell_path(a) for a in argv)
 
 
 def yaml_value(value: Any) -> str:

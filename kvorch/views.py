@@ -30,6 +30,8 @@ def print_plan(con: Console, plan: Plan, *, verbose: int = 0) -> None:
         for f in host.files:
             files.add_row(f.path + (" (secret)" if f.secret else ""), oct(f.mode)[2:], str(len(f.content)), f.sha256[:12])
         con.print(files)
+        for cmd in host.prepare:
+            con.print(f"  prepare: {shell_argv(cmd)}", markup=False, soft_wrap=True)
         for p in host.processes:
             con.print(f"  [green]{p.name}[/] ({p.kind}: {p.program}, role {p.role}, stage {p.stage})")
             con.print(f"    ports {', '.join(map(str, p.ports))}; health {p.health_url}; log {p.log_path}")

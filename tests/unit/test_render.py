@@ -122,3 +122,52 @@ def test_template_producing_an_unknown_key_is_an_error(tmp_path, monkeypatch):
     with pytest.raises(RenderError) as info:
         build_plan(load_inventory(ROOT / "inventory.yaml"))
     assert "nixl_role" in info.value.message
+
+
+@pytest.mark.parametrize("inventory", ["inventories/seed-pd.yaml", "inventories/seed-blend.yaml",
+                                       "inventories/local-cpu.yaml", "inventories/loopback-cpu.yaml"])
+def test_every_shipped_topology_renders_and_passes_the_lmcache_checks(inventory):
+    plan = build_plan(load_inventory(ROOT / inventory))
+    assert plan.processes()
+
+
+def test_pd_configs_follow_lmcache_disagg_example():
+    plan = build_plan(load_inventory(ROOT / "inventories/seed-pd.yaml"))
+    pre = yaml.safe_load(file_of(plan, "node13", "lmcache-prefiller-config.yaml").content)
+    dec = yaml.safe_load(file_of(plan, "node97", "lmcache-decoder-config.yaml").content)
+    assert (pre["enable_pd"], pre["pd_role"], pre["pd_proxy_host"], pre["pd_proxy_port"]) == (True, "sender", "192.168.110.13", 7500)
+    assert (dec["pd_role"], dec["pd_peer_host"], dec["pd_peer_init_port"], dec["pd_peer_alloc_port"]) == ("receiver", "192.168.110.97", [7300], [7400])
+    assert "enable_p2p" not in pre and "enable_p2p" not in dec
+    _, pre_argv = script_env_and_argv(file_of(plan, "node13", "run/prefill.sh").content)
+    _, dec_argv = script_env_and_argv(file_of(plan, "node97", "run/decode.sh").content)
+    assert json.loads(pre_argv[pre_argv.index("--kv-transfer-config") + 1])["kv_role"] == "kv_producer"
+    assert json.loads(dec_argv[dec_argv.index("--kv-transfer-config") + 1])["kv_connector_extra_config"]["skip_last_n_tokens"] == 1
+    proxy = plan.process("proxy")
+    assert proxy.health_url == "tcp://192.168.110.13:9100" and proxy.stage == 2
+    args = dict(zip(proxy.argv[2::2], proxy.argv[3::2]))
+    assert args["--decoder-init-port"] == "7300" and args["--proxy-port"] == "7500"
+
+
+def test_mp_engines_point_at_the_lmcache_server():
+    plan = build_plan(load_inventory(ROOT / "inventories/loopback-cpu.yaml"))
+    decode = plan.process("decode")
+    cfg = json.loads(decode.argv[decode.argv.index("--kv-transfer-config") + 1])
+    assert cfg["kv_connector"] == "LMCacheMPConnector"
+    assert cfg["kv_connector_extra_config"] == {"lmcache.mp.host": "tcp://127.0.0.13", "lmcache.mp.port": 5555}
+    assert "--gpu-memory-utilization" not in decode.argv and "--enforce-eager" in decode.argv
+    assert plan.process("lmcache-server").health_url == "http://127.0.0.13:8090/healthcheck"
+    assert plan.host("node97").prepare[0][1:4] == ["-m", "kvorch.tinymodel", "/tmp/kvorch-models/tiny-llama-4x256"]
+
+
+def test_pd_decoder_without_its_ports_is_rejected():
+    from kvorch.errors import InventoryError
+
+    text = (ROOT / "inventories/seed-pd.yaml").read_text().replace("pd_peer_init_port: 7300, ", "")
+    with pytest.raises(InventoryError) as info:
+        parse_inventory(text, "pd.yaml")
+    assert "engines[1].pd_peer_init_port: PD decoder 'decode' needs pd_peer_init_port" in info.value.message
+
+
+def test_tilde_paths_are_home_relative_in_launch_scripts():
+    plan = build_plan(load_inventory(ROOT / "inventories/seed-pd.yaml"))
+    assert 'exec python3 "$HOME"/LMCache/examples/disagg_prefill/disagg_proxy_server.py' in file_of(plan, "node13", "run/proxy.sh").content
