@@ -1,0 +1,178 @@
+"""blend (seed 002, CacheBlend serving): prompts built as ``system SEP chunk… SEP question`` with the
+separator the engine's LMCache splits on (``blend_special_str``), sent with the chunks in one
+order (A: cold), then reordered (B, C, …). CacheBlend reuses each chunk's KV whatever its position,
+so the later requests' TTFT is lower; the seed expects a speedup above 1.5x.
+
+The separator is read from the engine's effective LMCache configuration (its rendered config file,
+then its ``LMCACHE_*`` environment, as LMCache 0.5.6 reads them); ``separator`` overrides it. The
+scenario cannot run (exit 2) when blending is not enabled on the engine.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ... import lmcache_config as lc
+from ..prompts import blend_prompt, text_of_tokens
+from ..workbench import ScenarioCannotRun, Workbench, record_view, summarize_delta
+from . import Outcome
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    system_tokens: int = Field(128, ge=1, description="length of the system prompt (the first segment)")
+    chunk_tokens: int = Field(512, ge=1, description="length of each reusable chunk (>= blend_min_tokens, 256 by default)")
+    num_chunks: int = Field(3, ge=2, le=32, description="chunks per prompt")
+    question: str = "Question: summarise what these passages say about caching attention keys and values."
+    max_tokens: int = Field(32, ge=1)
+    orders: list[list[int]] | None = Field(
+        None, description="chunk order of each request (0-based); default: identity, rotated by one, reversed")
+    separator: str | None = Field(None, description="segment separator (default: the engine's blend_special_str)")
+    wait_s: float = Field(0.5, ge=0, description="pause between requests (the KV of the chunks is stored meanwhile)")
+    warmup: bool = Field(True, description="one unrelated blended request first (not measured)")
+    control: bool = Field(True, description="finally, fresh chunks in the first order: a cold TTFT of the same shape")
+    seed: int | None = Field(None, description="prompt seed (default: a fresh one per run, so no cache is warm)")
+
+    @model_validator(mode="after")
+    def _orders(self) -> Params:
+        if self.orders is not None:
+            if len(self.orders) < 2:
+                raise ValueError("orders: give at least two orders (the first request, then reordered ones)")
+            want = list(range(self.num_chunks))
+            for o in self.orders:
+                if sorted(o) != want:
+                    raise ValueError(f"orders: {o} is not an order of the chunks 0..{self.num_chunks - 1}")
+        return self
+
+    def chunk_orders(self) -> list[list[int]]:
+        if self.orders is not None:
+            return [list(o) for o in self.orders]
+        n = list(range(self.num_chunks))
+        return [n, n[1:] + n[:1], n[::-1]]
+
+
+def effective_lmcache_config(wb: Workbench, engine: Any) -> tuple[dict[str, Any], str]:
+    """The LMCache settings the engine started with: defaults ← its config file ← LMCACHE_* env
+    (the order LMCache 0.5.6 applies them), and where they came from."""
+    cfg = lc.defaults()
+    where = []
+    if engine.config_file:
+        host = wb.plan.host(engine.host)
+        for f in host.files:
+            if f.path == engine.config_file:
+                data = yaml.safe_load(f.content) or {}
+                if isinstance(data, dict):
+                    vals, _ = lc.parse_file_values(data, lc.file_source(f.path))
+                    cfg.update(vals)
+                    where.append(f"{f.path} on host {engine.host}")
+    env_vals = lc.parse_env(engine.env)
+    if env_vals:
+        cfg.update(env_vals)
+        where.append("LMCACHE_* environment (" + ", ".join(f"LMCACHE_{k.upper()}" for k in env_vals) + ")")
+    return cfg, " + ".join(where) or "LMCache defaults"
+
+
+def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
+    ref = spec.engines.get("engine")
+    e = wb.engine(ref) if ref else wb.engines()[0]
+    cfg, where = effective_lmcache_config(wb, e)
+    if wb.plan.topology == "mp":
+        raise ScenarioCannotRun(f"engine {e.name} uses the LMCache multiprocess server (topology mp): CacheBlend is not available there")
+    if not cfg.get("enable_blending"):
+        raise ScenarioCannotRun(
+            f"CacheBlend is not enabled on engine {e.name}: enable_blending is {cfg.get('enable_blending')} in {where}",
+            hint="use an inventory with lmcache: {enable_blending: true, blend_special_str: \" # # \", use_layerwise: true, "
+                 "blend_check_layers: 1, blend_recompute_ratios: 0.15} (e.g. inventories/local-blend.yaml)")
+    engine_sep = cfg.get("blend_special_str") or " # # "
+    sep = p.separator if p.separator is not None else engine_sep
+    seed = p.seed if p.seed is not None else random.SystemRandom().randrange(1 << 30)
+    count = lambda text: wb.tokens(e, text)
+
+    def material(s: int) -> tuple[str, list[str]]:
+        system = "System: you answer questions about the passages below. " + text_of_tokens(p.system_tokens, s, count)
+        chunks = [text_of_tokens(p.chunk_tokens, s + 1000 + i, count) for i in range(p.num_chunks)]
+        return system, chunks
+
+    if p.warmup:
+        ws, wc = material(seed + 77_777)
+        wb.send(e, blend_prompt(ws, wc, "Warm-up question: what is this about?", sep), 4, tags={"phase": "warmup"})
+        time.sleep(p.wait_s)
+
+    system, chunks = material(seed)
+    chunk_token_counts = [count(c) for c in chunks]
+    chunks_tokens = sum(n for n in chunk_token_counts if n is not None) if all(n is not None for n in chunk_token_counts) else None
+    orders = p.chunk_orders()
+    mark = wb.mark_logs()
+    s_start = wb.snapshot([e.name])
+    records, views = [], []
+    for i, order in enumerate(orders):
+        if i:
+            time.sleep(p.wait_s)
+        s0 = wb.snapshot([e.name])
+        prompt = blend_prompt(system, [chunks[j] for j in order], p.question, sep)
+        r = wb.send(e, prompt, p.max_tokens, tags={"phase": "first" if i == 0 else "reordered", "order": ",".join(map(str, order))})
+        s1 = wb.snapshot([e.name])
+        records.append(r)
+        views.append((r, order, wb.deltas(s0, s1).get(e.name, {})))
+    control = None
+    if p.control:
+        time.sleep(p.wait_s)
+        cs, cc = material(seed + 555_555)
+        control = wb.send(e, blend_prompt(cs, [cc[j] for j in orders[0]], p.question, sep), p.max_tokens, tags={"phase": "control"})
+        records.append(control)
+    s_end = wb.snapshot([e.name])
+    evidence, _ = wb.evidence(mark, records)
+
+    reqs = []
+    for r, order, d in views:
+        v = record_view(r, evidence.get(r.request_id))
+        v["order"] = order
+        v["metrics"] = summarize_delta(d)
+        reqs.append(v)
+    first, later = reqs[0], reqs[1:]
+    t_first = first["ttft_s"]
+    speedups = [(t_first / v["ttft_s"]) if (t_first and v["ttft_s"]) else None for v in later]
+    later_hits = [v["log"]["hit_tokens"] for v in later]
+    later_ttfts = [v["ttft_s"] for v in later if v["ttft_s"] is not None]
+    mean_later = sum(later_ttfts) / len(later_ttfts) if later_ttfts else None
+    results: dict[str, Any] = {
+        "engine": e.name, "seed": seed,
+        "separator": sep, "engine_separator": engine_sep, "separator_from": "params" if p.separator is not None else where,
+        "blending_enabled": bool(cfg.get("enable_blending")),
+        "blend_config": {k: cfg.get(k) for k in ("enable_blending", "blend_special_str", "use_layerwise", "blend_check_layers",
+                                                 "blend_recompute_ratios", "blend_min_tokens", "chunk_size", "save_unfull_chunk")},
+        "chunk_tokens": chunk_token_counts, "chunks_tokens": chunks_tokens,
+        "requests": reqs, "first": first, "later": later,
+        "ttft_s": [v["ttft_s"] for v in reqs],
+        "speedups": speedups,
+        "min_speedup": min(speedups) if speedups and all(s is not None for s in speedups) else None,
+        "mean_speedup": (sum(speedups) / len(speedups)) if speedups and all(s is not None for s in speedups) else None,
+        "later_hit_tokens": later_hits,
+        "later_min_hit_tokens": min(later_hits) if later_hits and all(h is not None for h in later_hits) else None,
+        "first_hit_tokens": first["log"]["hit_tokens"],
+        "outputs_ok": all(bool(v["output_text"]) and v["status"] == "ok" for v in reqs),
+        "metrics": summarize_delta(wb.deltas(s_start, s_end).get(e.name, {})),
+    }
+    if control is not None:
+        cv = record_view(control, evidence.get(control.request_id))
+        results["control"] = cv
+        results["speedup_vs_control"] = (control.ttft_s / mean_later) if (control.ttft_s and mean_later) else None
+    headline = {
+        "separator": repr(sep) + ("" if sep == engine_sep else f" (engine: {engine_sep!r})"),
+        "TTFT per request (ms)": " → ".join(_ms(v["ttft_s"]) for v in reqs),
+        "speedup of later requests vs the first": ", ".join(f"{s:.2f}x" if s is not None else "?" for s in speedups),
+        "control (fresh chunks) TTFT (ms)": _ms(control.ttft_s) if control is not None else None,
+        "LMCache hit tokens, later requests (log)": ", ".join(str(h) for h in later_hits),
+        "chunk tokens per prompt": chunks_tokens,
+    }
+    return Outcome(results=results, records=records,
+                   evidence={k: v.model_dump(mode="json") for k, v in evidence.items()}, headline=headline)
+
+
+def _ms(s: float | None) -> str:
+    return f"{s * 1000:.1f}" if s is not None else "?"
