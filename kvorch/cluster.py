@@ -89,6 +89,12 @@ def exit_path(p: ProcessSpec) -> str:
     return p.pid_path[: -len(".pid")] + ".exit"
 
 
+def is_ours(node: Node, pid: int, plan: Plan, p: ProcessSpec) -> bool:
+    """The process carries our marker in its environment (a reused pid does not)."""
+    marker = shlex.quote(f"{MARKER}={marker_value(plan, p)}")
+    return node.ops.run(f"tr '\\0' '\\n' < /proc/{int(pid)}/environ 2>/dev/null | grep -qxF -- {marker}").ok
+
+
 def observe(plan: Plan, node: Node, *, last_lines: bool = False) -> dict[str, Observed]:
     """State of every planned process on one host — pidfile, /proc state, our marker, uptime and
     (optionally) the last log line — in one round trip."""
@@ -142,7 +148,8 @@ def _prepare(node: Node) -> None:
         node.ops.run(shell_argv(cmd), timeout=900, check=True, what=cmd[2] if len(cmd) > 2 else cmd[0])
 
 
-def _start(node: Node, plan: Plan, p: ProcessSpec) -> int:
+def start_process(node: Node, plan: Plan, p: ProcessSpec) -> int:
+    """Start one planned process detached, with our marker in its environment; its pid."""
     return node.ops.start_detached(
         script=node.path(p.launch_script), log_path=node.path(p.log_path), pid_path=node.path(p.pid_path),
         cwd=node.workdir, env={MARKER: marker_value(plan, p)},
@@ -263,7 +270,7 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                     todo = [p for p in stage if p.name not in running]
                     if not todo:
                         continue
-                    res = run_parallel({p.name: p for p in todo}, lambda p: _start(nodes[p.host], plan, p))
+                    res = run_parallel({p.name: p for p in todo}, lambda p: start_process(nodes[p.host], plan, p))
                     for p in todo:
                         r = res[p.name]
                         if isinstance(r, BaseException):

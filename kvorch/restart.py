@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .cluster import MARKER, exit_path, http_health, marker_value, read_pid
+from .cluster import exit_path, http_health, is_ours, read_pid, start_process
 from .errors import UserError
 from .nodes import Node, close_all, open_nodes
 from .plan import Plan, ProcessSpec
@@ -111,7 +111,7 @@ def _stop_one(plan: Plan, node: Node, p: ProcessSpec, grace: float) -> dict[str,
     pid = read_pid(node, p)
     out: dict[str, Any] = {"host": p.host, "old_pid": pid, "stopped": "not running"}
     if pid is not None and node.ops.process_state(pid) == "running":
-        if not _is_ours(node, plan, p, pid):
+        if not is_ours(node, pid, plan, p):
             raise RestartError(f"{p.name}: pid {pid} is not a process this tool started; left alone")
         res = node.ops.stop_group(pid, grace, exit_path=exit_path(p))
         if res.remaining:
@@ -127,18 +127,10 @@ def _stop_one(plan: Plan, node: Node, p: ProcessSpec, grace: float) -> dict[str,
     return out
 
 
-def _is_ours(node: Node, plan: Plan, p: ProcessSpec, pid: int) -> bool:
-    """The process carries our marker in its environment (a reused pid does not), as `down` checks."""
-    marker = shlex.quote(f"{MARKER}={marker_value(plan, p)}")
-    return node.ops.run(f"tr '\\0' '\\n' < /proc/{int(pid)}/environ 2>/dev/null | grep -qxF -- {marker}").ok
-
-
 def _start_one(plan: Plan, node: Node, p: ProcessSpec) -> dict[str, Any]:
     """Start it exactly as `up` does (same launch script, same marker)."""
     started_at = now()
-    pid = node.ops.start_detached(script=node.path(p.launch_script), log_path=node.path(p.log_path),
-                                  pid_path=node.path(p.pid_path), cwd=node.workdir, env={MARKER: marker_value(plan, p)})
-    return {"new_pid": pid, "started_at": started_at}
+    return {"new_pid": start_process(node, plan, p), "started_at": started_at}
 
 
 def _wait_healthy(node: Node, p: ProcessSpec, pid: int, timeout: float) -> float | None:

@@ -105,7 +105,7 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
     checks = []
     for ch in spec.checks:
         if ch.when is not None and not evaluate(ch.when, env).passed:
-            checks.append({"name": ch.name, "expr": ch.expr, "passed": None, "shown": f"skipped: not {ch.when}",
+            checks.append({"name": ch.name, "expr": ch.expr, "passed": None, "shown": f"skipped (only when {ch.when})",
                            "severity": ch.severity})
             continue
         o = evaluate(ch.expr, env)
@@ -124,6 +124,7 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
     (out / "evidence.json").write_text(json.dumps(outcome.evidence, indent=2, default=str))
     if samples:
         save_jsonl(samples, out / "samples.jsonl")
+    state = load_state(plan.cluster) or state  # a scenario may have restarted processes: keep their new pids
     state.scenario_runs.append(str(out.relative_to(state.run_dir())))
     save_state(state)
 

@@ -58,7 +58,17 @@ class Workbench:
     def close(self) -> None:
         self.http.close()
         self._loop.run_until_complete(self._aclient.aclose())
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())  # streams left mid-iteration
         self._loop.close()
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The pooled async client (use it inside :meth:`run`)."""
+        return self._aclient
+
+    def run(self, coro: Any) -> Any:
+        """Run a coroutine on the workbench's event loop (where its client lives)."""
+        return self._loop.run_until_complete(coro)
 
     # -- engines ------------------------------------------------------------------------------
     def engines(self) -> list[ProcessSpec]:
@@ -105,17 +115,22 @@ class Workbench:
                               max_tokens=max_tokens, request_id=oa.new_request_id("kvorch", engine.name),
                               tags=tags or {}, extra_body=extra_body)
 
-    def tokens(self, engine: ProcessSpec, text: str) -> int | None:
-        """Token count from the engine's own tokenizer (POST /tokenize), None when unsupported."""
+    def tokenize(self, engine: ProcessSpec, text: str) -> list[int] | None:
+        """Token ids from the engine's own tokenizer (POST /tokenize), None when unsupported."""
         base = (engine.api_url or "").rsplit("/v1", 1)[0]
         try:
             r = self.http.post(f"{base}/tokenize", json={"model": self.model, "prompt": text})
             if r.status_code == 200:
-                data = r.json()
-                return int(data.get("count", len(data.get("tokens", []))))
-        except (httpx.HTTPError, ValueError):
+                toks = r.json().get("tokens")
+                return [int(t) for t in toks] if isinstance(toks, list) else None
+        except (httpx.HTTPError, ValueError, TypeError):
             pass
         return None
+
+    def tokens(self, engine: ProcessSpec, text: str) -> int | None:
+        """Token count from the engine's own tokenizer, None when unsupported."""
+        ids = self.tokenize(engine, text)
+        return len(ids) if ids is not None else None
 
     # -- metrics ------------------------------------------------------------------------------
     def snapshot(self, names: Sequence[str] | None = None) -> dict[str, mx.Snapshot]:
@@ -203,9 +218,13 @@ class Workbench:
 
 
 def hit_tokens(d: dict[str, float]) -> float | None:
-    """Tokens an engine got from outside its own prefix cache (LMCache), from a metrics delta."""
-    vals = [d[k] for k in EXTERNAL_HIT_COUNTERS if k in d]
-    return max(vals) if vals else None
+    """Tokens an engine got from outside its own prefix cache (LMCache), from a metrics delta.
+    vLLM's own counter first: LMCache's counts whole retrieved chunks, which can overlap the
+    tokens vLLM already had."""
+    for k in EXTERNAL_HIT_COUNTERS:
+        if k in d:
+            return d[k]
+    return None
 
 
 def summarize_delta(d: dict[str, float]) -> dict[str, Any]:

@@ -114,7 +114,6 @@ def test_host_key_mismatch_refuses_and_starts_nothing(sshd_cluster, loopback, tm
 
 
 def test_taken_port_fails_preflight_naming_the_holder(loopback):
-    import socket
     import subprocess
     import sys
 

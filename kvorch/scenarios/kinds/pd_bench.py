@@ -276,26 +276,13 @@ async def _drive(wb: Workbench, pre: Any, dec: Any, pipes: list[Pipeline], p: Pa
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _tokenize(wb: Workbench, e: Any, text: str) -> list[int] | None:
-    """Token ids from the engine's own tokenizer (``POST /tokenize``), None when unsupported."""
-    base = (e.api_url or "").rsplit("/v1", 1)[0]
-    try:
-        r = wb.http.post(f"{base}/tokenize", json={"model": wb.model, "prompt": text})
-        if r.status_code == 200:
-            toks = r.json().get("tokens")
-            return [int(t) for t in toks] if isinstance(toks, list) else None
-    except (httpx.HTTPError, ValueError, TypeError):
-        pass
-    return None
-
-
 def _make(wb: Workbench, e: Any, p: Params, seed: int, n: int, first: int, measured: bool) -> list[Pipeline]:
     count = lambda text: wb.tokens(e, text)
     out = []
     for i in range(first, first + n):
         prompt = text_of_tokens(p.prompt_tokens, seed + 7919 * i, count)
         suffix = " Question: " + text_of_words(max(1, int(p.suffix_tokens * 0.8)), seed + 104729 + i)
-        tokens = _tokenize(wb, e, prompt)
+        tokens = wb.tokenize(e, prompt)
         ntok = len(tokens) if tokens is not None else (count(prompt) or p.prompt_tokens)
         expected = max(0, ntok - 1) // wb.chunk_size * wb.chunk_size
         out.append(Pipeline(i, prompt, prompt + suffix, expected, measured, tokens))
@@ -330,7 +317,7 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
     # ---- warm-up (not measured)
     if p.warmup:
         warm = _make(wb, pre, p, seed + 1, p.warmup, 10_000, False)
-        asyncio.run(_drive(wb, pre, dec, warm, p.model_copy(update={"rate_rps": None, "max_duration_s": min(p.max_duration_s, 60.0)}),
+        wb.run(_drive(wb, pre, dec, warm, p.model_copy(update={"rate_rps": None, "max_duration_s": min(p.max_duration_s, 60.0)}),
                            _kv_ready(wb, pre, wb.snapshot())))
         time.sleep(0.2)
 
@@ -340,7 +327,7 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
     s0 = wb.snapshot()
     ready = _kv_ready(wb, pre, s0)
     t0 = time.monotonic()
-    asyncio.run(_drive(wb, pre, dec, pipes, p, ready))
+    wb.run(_drive(wb, pre, dec, pipes, p, ready))
     if ready.lookup_broken:
         wb.notes.append(f"the controller's /lookup did not answer ({ready.lookup_broken}): waited on the store counter instead")
     if ready.method.startswith("none"):
