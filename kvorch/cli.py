@@ -197,6 +197,26 @@ def down(c: Ctx, no_collect: bool, grace: float) -> None:
     _finish(c, cluster.down_command(c, c.plan(), collect=not no_collect, grace=grace))
 
 
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait for each to be healthy again")
+@click.option("--grace", default=10.0, show_default=True, help="seconds between SIGTERM and SIGKILL")
+@_json_option
+@pass_ctx
+def restart(c: Ctx, names: tuple[str, ...], timeout: float, grace: float) -> None:
+    """Restart processes by name (their old logs are kept beside the new ones)."""
+    from .restart import restart as restart_fn
+
+    report = restart_fn(c, c.plan(), list(names), timeout=timeout, grace=grace)
+    if c.as_json:
+        c.emit_json(report)
+        return
+    con = c.console()
+    for name, r in report.items():
+        con.print(f"{name}: pid {r.get('old_pid')} → {r.get('new_pid')} (stopped: {r.get('stopped')}; "
+                  f"healthy after {r.get('healthy_after_s')} s; old log {r.get('previous_log')})")
+
+
 # ------------------------------------------------------------------------------------------------
 # scenarios, collect, report
 
