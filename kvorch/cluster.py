@@ -387,16 +387,11 @@ def down_command(c: Ctx, plan: Plan, *, collect: bool = True, grace: float = 10.
     con = c.console()
     with cluster_lock(plan.cluster, "down"):
         state = load_state(plan.cluster)
+        collect_mod = None
         if collect and state is not None:
-            try:
-                from . import collect as collect_mod
-            except ImportError:
-                collect_mod = None  # type: ignore[assignment]
-            if collect_mod is not None:
-                try:
-                    collect_mod.collect_command(c, plan, run_id=state.run_id, quiet=True)
-                except UserError as e:
-                    con.print(f"[yellow]warning:[/] collect before down failed: {e.message}")
+            from . import collect as collect_mod
+
+            collect_mod.collect_command(c, plan, run_id=state.run_id, quiet=True)  # quiet: never raises
         nodes, errors = open_nodes(inv, plan, c.ssh_config, strict=False)
         try:
             results = _stop(plan, nodes, None, grace)
@@ -410,6 +405,8 @@ def down_command(c: Ctx, plan: Plan, *, collect: bool = True, grace: float = 10.
                     state.processes[name].exit = r["result"]
             state.stopped_at = now()
             save_state_only_run(state)
+            if collect and collect_mod is not None:  # again: the shutdown lines and the exit codes
+                collect_mod.collect_command(c, plan, run_id=state.run_id, quiet=True)
         if not errors:
             clear_state(plan.cluster)
     if c.as_json:

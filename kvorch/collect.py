@@ -1271,8 +1271,12 @@ def collect_command(c: Ctx, plan: Plan, run_id: str | None = None, quiet: bool =
     here becomes a warning, never an exception that would keep ``down`` from stopping anything."""
     try:
         summary = collect(c, plan, run_id=run_id, options=options)
-    except UserError:
-        raise
+    except UserError as e:
+        if not quiet:
+            raise
+        if not c.as_json:
+            c.console().print(f"[yellow]warning:[/] collect failed: {e.message}")
+        return 1
     except Exception as e:  # noqa: BLE001
         if not quiet:
             raise

@@ -115,3 +115,36 @@ def test_unknown_scenario_exits_2_with_the_list(cluster):
 def test_bad_override_exits_2_naming_the_flag(cluster):
     r = cluster("run", "reuse", "--set", "prefix_tokens=lots")
     assert r.code == 2 and "--set prefix_tokens" in r.err
+
+
+@pytest.mark.parametrize("name, sets", [
+    ("pd-bench", ["requests=4", "concurrency=2", "warmup=1", "max_tokens=8", "prompt_tokens=600"]),
+    ("cache-bench", ["requests=3", "concurrency=1", "prompt_tokens=600", "max_tokens=8"]),
+    ("monitor", ["requests=16", "rate_rps=20", "interval_s=0.1", "prefix_tokens=600"]),
+])
+def test_benchmark_scenarios_pass_over_ssh(cluster, name, sets):
+    r, res = run(cluster, name, *sets)
+    assert r.code == 0, r.err + r.out
+    assert res["verdict"] == "pass" and res["headline"]
+
+
+def test_blend_passes_over_ssh_on_a_cacheblend_cluster(sshd_cluster, tmp_path):
+    def m(d):
+        for host in d["hosts"].values():
+            host["ssh"]["port"] = sshd_cluster.port
+            host["workdir"] = str(tmp_path / "hosts" / host["address"])
+        d["cluster"] = "loopback-blend"
+        d["topology"] = "blend"
+        d.pop("controller")
+        d["lmcache"] = {"chunk_size": 256, "local_cpu": True, "max_local_cpu_size": 5, "enable_blending": True,
+                        "blend_special_str": " # # ", "use_layerwise": True, "blend_check_layers": [1],
+                        "blend_recompute_ratios": [0.15]}
+        d["engines"] = [{"name": "blend", "host": "node97", "bind": "127.0.0.97", "role": "both", "port": 8000}]
+    orch = Orch(tmp_path, write_inventory(tmp_path / "blend.yaml", "inventories/loopback.yaml", m), sshd_cluster.ssh_config)
+    try:
+        assert orch("up").code == 0
+        r, res = run(orch, "blend", "wait_s=0.2")
+        assert r.code == 0, r.err + r.out
+        assert res["verdict"] == "pass"
+    finally:
+        orch("down", "--no-collect", "--grace", "2")
