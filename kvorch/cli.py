@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from .errors import NotAvailableYet, UserError
+from .errors import UserError
 
 if TYPE_CHECKING:
     from .inventory import Inventory
@@ -158,9 +158,9 @@ def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
 @pass_ctx
 def preflight(c: Ctx) -> None:
     """Check every host: reachable, versions equal, PYTHONHASHSEED, ports free, GPUs, disk."""
-    from . import cluster
+    from . import preflight as preflight_mod
 
-    _finish(c, cluster.preflight_command(c, c.plan()))
+    _finish(c, preflight_mod.preflight_command(c, c.plan()))
 
 
 @cli.command()
@@ -177,6 +177,7 @@ def status(c: Ctx) -> None:
 @click.argument("name", required=False)
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines (Ctrl-C to stop)")
 @click.option("-n", "--lines", default=20, show_default=True, help="lines to show from the end of each log")
+@_json_option
 @pass_ctx
 def logs(c: Ctx, name: str | None, follow: bool, lines: int) -> None:
     """Tail one process's log (or all of them), each line prefixed by the process name."""
@@ -229,24 +230,27 @@ def restart(c: Ctx, names: tuple[str, ...], timeout: float, grace: float) -> Non
 @pass_ctx
 def run(c: Ctx, scenario: str | None, list_: bool, overrides: tuple[str, ...]) -> None:
     """Run a verification or benchmark scenario against the running cluster; print the verdict."""
-    try:
-        from .scenarios import runner
-    except ImportError:
-        raise NotAvailableYet("`orchestrate run` is not available yet (scenarios land with issue #6)") from None
+    from .scenarios import runner
+
     _finish(c, runner.run_command(c, scenario, list_=list_, overrides=list(overrides)))
 
 
 @cli.command()
 @click.option("--run", "run_id", default=None, help="run id (default: the current or latest run)")
+@click.option("--max-log-size", default=None, metavar="SIZE",
+              help="cap per log file, e.g. 512M (env ORCHESTRATE_COLLECT_MAX_LOG_BYTES; default 512M)")
+@click.option("--compress-over", default=None, metavar="SIZE",
+              help="keep local log copies larger than this gzipped (env ORCHESTRATE_COLLECT_COMPRESS_OVER; default 8M)")
+@click.option("--no-report", is_flag=True, help="do not rebuild report.md/html (faster)")
 @_json_option
 @pass_ctx
-def collect(c: Ctx, run_id: str | None) -> None:
+def collect(c: Ctx, run_id: str | None, max_log_size: str | None, compress_over: str | None, no_report: bool) -> None:
     """Pull logs, metrics, rendered configs and versions from every host into logs/<run-id>/."""
-    try:
-        from . import collect as collect_mod
-    except ImportError:
-        raise NotAvailableYet("`orchestrate collect` is not available yet (lands with issue #7)") from None
-    _finish(c, collect_mod.collect_command(c, c.plan(), run_id=run_id))
+    from . import collect as collect_mod
+
+    opts = collect_mod.CollectOptions.from_env(max_log_bytes=max_log_size, compress_over=compress_over,
+                                               report=False if no_report else None)
+    _finish(c, collect_mod.collect_command(c, c.plan(), run_id=run_id, options=opts))
 
 
 @cli.command()
@@ -255,10 +259,8 @@ def collect(c: Ctx, run_id: str | None) -> None:
 @pass_ctx
 def report(c: Ctx, run_dir: str | None) -> None:
     """Rebuild report.md and report.html of a run folder (default: logs/latest)."""
-    try:
-        from . import report as report_mod
-    except ImportError:
-        raise NotAvailableYet("`orchestrate report` is not available yet (lands with issue #7)") from None
+    from . import report as report_mod
+
     _finish(c, report_mod.report_command(c, run_dir))
 
 
@@ -269,10 +271,8 @@ def report(c: Ctx, run_dir: str | None) -> None:
 @pass_ctx
 def compare(c: Ctx, run_a: str, run_b: str) -> None:
     """Compare two runs side by side (same scenario, different config)."""
-    try:
-        from . import report as report_mod
-    except ImportError:
-        raise NotAvailableYet("`orchestrate compare` is not available yet (lands with issue #7)") from None
+    from . import report as report_mod
+
     _finish(c, report_mod.compare_command(c, run_a, run_b))
 
 

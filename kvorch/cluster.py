@@ -8,6 +8,7 @@ started and exits non-zero.
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from dataclasses import dataclass
@@ -504,6 +505,8 @@ def status_command(c: Ctx, plan: Plan) -> int:
 
 
 def logs_command(c: Ctx, plan: Plan, *, name: str | None, follow: bool, lines: int) -> int:
+    """Print the last ``lines`` of each process's log, prefixed by its name (``--json``: one object
+    per process; with ``-f``, then one JSON line per new log line)."""
     procs = plan.processes()
     if name is not None:
         if name not in {p.name for p in procs}:
@@ -512,27 +515,37 @@ def logs_command(c: Ctx, plan: Plan, *, name: str | None, follow: bool, lines: i
     hosts = sorted({p.host for p in procs})
     nodes, _ = open_nodes(c.inventory(), plan, c.ssh_config, names=hosts)
     width = max(len(p.name) for p in procs)
+
+    def show(p: ProcessSpec, text: str) -> None:
+        for line in text.splitlines():
+            if c.as_json and follow:
+                print(json.dumps({"process": p.name, "host": p.host, "line": line}), flush=True)
+            elif not c.as_json:
+                print(f"{p.name:>{width}} | {line}", flush=True)
+
     try:
         offsets: dict[str, int] = {}
+        tails: dict[str, Any] = {}
         for p in procs:
             node = nodes[p.host]
-            text = node.ops.tail(node.path(p.log_path), lines) or ""
-            for line in text.splitlines():
-                print(f"{p.name:>{width}} | {line}")
-            offsets[p.name] = node.ops.file_size(node.path(p.log_path)) or 0
+            offsets[p.name] = node.ops.file_size(p.log_path) or 0  # before the tail: no line is missed
+            text = node.ops.tail(p.log_path, lines) or ""
+            tails[p.name] = {"host": p.host, "log": node.path(p.log_path), "lines": text.splitlines()}
+            if not c.as_json:
+                show(p, text)
+        if c.as_json and follow:
+            print(json.dumps({"processes": tails}), flush=True)
+        elif c.as_json:
+            c.emit_json({"processes": tails})
         while follow:
             time.sleep(0.5)
             for p in procs:
-                node = nodes[p.host]
-                data = node.ops.read_from(p.log_path, offsets[p.name])
-                if not data:
-                    continue
+                data = nodes[p.host].ops.read_from(p.log_path, offsets[p.name])
                 complete = data.rfind(b"\n") + 1
                 if not complete:
                     continue
                 offsets[p.name] += complete
-                for line in data[:complete].decode(errors="replace").splitlines():
-                    print(f"{p.name:>{width}} | {line}", flush=True)
+                show(p, data[:complete].decode(errors="replace"))
     except KeyboardInterrupt:
         pass
     finally:
@@ -552,15 +565,10 @@ def demo_command(c: Ctx, plan: Plan, *, keep: bool = False) -> int:
         return code
     verdict = 0
     try:
-        try:
-            from .scenarios import runner
-        except ImportError:
-            runner = None  # type: ignore[assignment]
-        if runner is not None:
-            for scenario in ("reuse", "reuse-2node"):
-                verdict = max(verdict, runner.run_command(c, scenario, list_=False, overrides=[]) or 0)
-        else:
-            verdict = status_command(c, plan)
+        from .scenarios import runner
+
+        for scenario in ("reuse", "reuse-2node"):
+            verdict = max(verdict, runner.run_command(c, scenario, list_=False, overrides=[]) or 0)
     finally:
         if not keep:
             down_command(c, plan, collect=True)

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable
 
 from .errors import UserError
+from .fmt import human_bytes
 from .runstate import RunState, find_run_dir, load_state, logs_root, now, point_latest, write_json
 
 if TYPE_CHECKING:
@@ -1255,14 +1256,7 @@ def _scenario_index(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _human(n: int | float | None) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+    return human_bytes(n)
 
 
 def collect_command(c: Ctx, plan: Plan, run_id: str | None = None, quiet: bool = False,

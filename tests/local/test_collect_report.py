@@ -10,14 +10,13 @@ import json
 import os
 import re
 import signal
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from clusterkit import Orch, write_inventory
+from clusterkit import free_ports, Orch, write_inventory
 from kvorch.collect import CollectOptions, LogEntry, Secrets, pull_log, read_local_log
 from kvorch.hosts import HostOps, LocalTransport
 
@@ -25,17 +24,6 @@ SECRET = "hf_PLANTEDsecret_9f3c1b7e"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def local_inventory(path: Path, hostwd: Path, sim: dict | None = None) -> Path:
@@ -283,6 +271,23 @@ def test_collect_after_kill_9_of_an_engine_still_brings_its_whole_log(tmp_path):
         assert b"orchestrate: starting decode" in host_log(orch, "decode")
         m = json.loads((run_dir / "manifest.json").read_text())
         assert m["metrics"]["decode"]["ok"] is False and m["metrics"]["prefill"]["ok"] is True
+    finally:
+        orch("down", "--no-collect", "--grace", "2")
+
+
+def test_collect_flags_cap_and_compress_the_logs_and_skip_the_report(tmp_path):
+    orch = start_cluster(tmp_path / "flags", scenario=False)
+    try:
+        bad = orch("collect", "--max-log-size", "lots")
+        assert bad.code == 2 and "lots" in bad.err and "Traceback" not in bad.err
+        out = collect(orch, "--max-log-size", "1K", "--compress-over", "100", "--no-report")
+        assert out["_code"] == 0, out
+        run_dir = Path(out["run_dir"])
+        for name, p in out["processes"].items():
+            log = p["log"]
+            assert log["capped"] and log["compressed"] and log["bytes_here"] == 1024, (name, log)
+            assert read_local_log(run_dir / "hosts" / p["host"] / log["file"]) == host_log(orch, name)[:1024]
+        assert out["report"] == {} and not (run_dir / "report.html").exists()
     finally:
         orch("down", "--no-collect", "--grace", "2")
 

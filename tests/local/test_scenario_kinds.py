@@ -7,26 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from pathlib import Path
 
 import pytest
-from clusterkit import Orch, write_inventory
+from clusterkit import free_ports, Orch, write_inventory
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _up(tmp_path_factory, base: str, name: str, mutate) -> tuple[Orch, Path]:
@@ -221,6 +209,12 @@ def test_blend_reordered_chunks_are_reused(blend_cluster):
     assert [v["order"] for v in r["requests"]] == [[0, 1, 2], [1, 2, 0], [2, 1, 0]]
     assert r["first_hit_tokens"] < 256 and r["later_min_hit_tokens"] >= r["chunks_tokens"]
     assert r["min_speedup"] > 1.5
+
+
+def test_blend_refuses_prompts_longer_than_the_engine_takes_and_says_what_fits(blend_cluster):
+    code, _, err = run(blend_cluster, "blend", "chunk_tokens=3000")
+    assert code == 2, err
+    assert "max-model-len 8192" in err and "--set chunk_tokens=" in err and "Traceback" not in err
 
 
 def test_blend_with_another_separator_fails_clearly(blend_cluster):

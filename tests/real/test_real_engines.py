@@ -124,8 +124,15 @@ def test_preflight_catches_an_lmcache_version_mismatch_between_hosts(sshd_cluste
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lmcache\nVersion: 0.5.5\n")
 
+    from clusterkit import free_ports
+
+    ports = free_ports(4)  # its own ports: the module's cluster may be up on the usual ones
+
     def m(d):
+        d["cluster"] = "loopback-cpu-mismatch"
         d["hosts"]["node97"]["python"] = str(venv / "bin" / "python")
+        d["lmcache_server"]["port"], d["lmcache_server"]["http_port"] = ports[0], ports[1]
+        d["engines"][0]["port"], d["engines"][1]["port"] = ports[2], ports[3]
     orch = loopback_inventory(tmp_path, sshd_cluster, "inventories/loopback-cpu.yaml", m)
     r = orch("--json", "preflight", timeout=300)
     assert r.code == 1
@@ -135,4 +142,5 @@ def test_preflight_catches_an_lmcache_version_mismatch_between_hosts(sshd_cluste
     assert "peer_init_url" in bad["detail"]
     up = orch("up", timeout=300)
     assert up.code == 2 and "lmcache versions" in up.err
-    assert not any(listening(a, p) for a, p in PORTS)
+    mine = [("127.0.0.13", ports[0]), ("127.0.0.13", ports[1]), ("127.0.0.13", ports[2]), ("127.0.0.97", ports[3])]
+    assert not any(listening(a, p) for a, p in mine)

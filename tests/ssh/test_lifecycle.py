@@ -66,6 +66,59 @@ def test_up_status_down_leaves_nothing_running(loopback):
         assert not listening(addr, port)
 
 
+def test_logs_tails_and_follows_each_process_over_ssh(loopback):
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from clusterkit import ROOT
+
+    orch = loopback()
+    assert orch("up").code == 0
+    r = orch("logs", "-n", "2")
+    assert r.code == 0, r.err
+    shown = {line.split("|", 1)[0].strip() for line in r.out.splitlines() if "|" in line}
+    assert shown == set(PROCESSES)
+
+    j = orch("--json", "logs", "decode", "-n", "5")
+    assert j.code == 0, j.err
+    decode = j.json()["processes"]["decode"]
+    assert decode["host"] == "node97" and 0 < len(decode["lines"]) <= 5
+
+    bad = orch("logs", "nosuch")
+    assert bad.code == 2 and "no process named 'nosuch'" in bad.err and "decode" in bad.err
+
+    import queue
+    import threading
+
+    import yaml
+
+    model = yaml.safe_load(orch.inventory.read_text())["model"]
+    follower = subprocess.Popen([sys.executable, str(ROOT / "orchestrate.py"), "--json", "logs", "-f", "-n", "0", "decode"],
+                                cwd=orch.workdir, env=orch.env(), stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in follower.stdout], daemon=True).start()
+    try:
+        first = json.loads(lines.get(timeout=30))  # the (empty) tail: following from here
+        assert first["processes"]["decode"]["lines"] == []
+        rid = "follow-me-0001"
+        resp = httpx.post("http://127.0.0.97:8011/v1/completions", headers={"X-Request-Id": rid}, timeout=30,
+                          json={"model": model, "prompt": "hello " * 300, "max_tokens": 2})
+        assert resp.status_code == 200, resp.text
+        deadline, seen = time.monotonic() + 20, []
+        while time.monotonic() < deadline and not any(rid in x for x in seen):
+            try:
+                seen.append(json.loads(lines.get(timeout=1))["line"])
+            except queue.Empty:
+                pass
+        assert any(rid in x for x in seen), seen
+    finally:
+        follower.terminate()
+        follower.wait(10)
+
+
 def test_up_twice_changes_nothing_and_down_twice_is_fine(loopback):
     orch = loopback()
     assert orch("up").code == 0
@@ -113,6 +166,15 @@ def test_host_key_mismatch_refuses_and_starts_nothing(sshd_cluster, loopback, tm
         assert not listening(addr, port)
 
 
+def test_preflight_on_free_hosts_passes_and_starts_nothing(loopback):
+    r = loopback()("--json", "preflight")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["ok"] and {ch["host"] for ch in report["checks"]} >= {"node13", "node97"}
+    for addr, port in PROCESSES.values():
+        assert not listening(addr, port)
+
+
 def test_taken_port_fails_preflight_naming_the_holder(loopback):
     import subprocess
     import sys
@@ -124,6 +186,10 @@ def test_taken_port_fails_preflight_naming_the_holder(loopback):
                 break
             import time; time.sleep(0.05)
         orch = loopback()
+        pre = orch("--json", "preflight")
+        assert pre.code == 1
+        failed = [ch for ch in json.loads(pre.out)["checks"] if ch["status"] == "fail"]
+        assert any("8011" in ch["detail"] and f"{holder.pid}/python" in ch["detail"] for ch in failed)
         r = orch("up")
         assert r.code == 2
         assert "8011" in (r.out + r.err) and f"{holder.pid}/python" in (r.out + r.err)

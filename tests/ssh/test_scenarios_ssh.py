@@ -140,6 +140,7 @@ def test_blend_passes_over_ssh_on_a_cacheblend_cluster(sshd_cluster, tmp_path):
                         "blend_special_str": " # # ", "use_layerwise": True, "blend_check_layers": [1],
                         "blend_recompute_ratios": [0.15]}
         d["engines"] = [{"name": "blend", "host": "node97", "bind": "127.0.0.97", "role": "both", "port": 8000}]
+        d.setdefault("vllm", {})["max_model_len"] = 8192  # three 512-token chunks + system + question
     orch = Orch(tmp_path, write_inventory(tmp_path / "blend.yaml", "inventories/loopback.yaml", m), sshd_cluster.ssh_config)
     try:
         assert orch("up").code == 0

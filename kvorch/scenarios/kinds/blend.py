@@ -107,6 +107,16 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
     chunk_token_counts = [count(c) for c in chunks]
     chunks_tokens = sum(n for n in chunk_token_counts if n is not None) if all(n is not None for n in chunk_token_counts) else None
     orders = p.chunk_orders()
+    limit = wb.max_model_len(e)
+    longest = count(blend_prompt(system, chunks, p.question, sep))
+    if limit is not None and longest is not None and longest + p.max_tokens > limit:
+        over = longest + p.max_tokens - limit
+        fit = max(1, p.chunk_tokens - -(-over // p.num_chunks))
+        raise ScenarioCannotRun(
+            f"the blend prompt has {longest} tokens + max_tokens {p.max_tokens}, more than engine {e.name}'s "
+            f"max-model-len {limit}",
+            hint=f"--set chunk_tokens={fit} (or fewer chunks: --set num_chunks={max(1, p.num_chunks - 1)}), "
+                 f"or raise vllm.max_model_len in the inventory")
     mark = wb.mark_logs()
     s_start = wb.snapshot([e.name])
     records, views = [], []
