@@ -35,25 +35,16 @@ def marker_value(plan: Plan, p: ProcessSpec) -> str:
 # Health
 
 
-_http_client = None
-
-
-def _http():  # one pooled client: creating one per request costs ~0.3 s of TLS setup on a busy machine
-    global _http_client
-    if _http_client is None:
-        import httpx
-
-        _http_client = httpx.Client(trust_env=False, verify=False)
-    return _http_client
-
-
 def http_health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
-    """http://…: a 2xx answer; tcp://host:port (a service with no health endpoint): it accepts."""
-    import httpx
+    """http://…: a 2xx answer; tcp://host:port (a service with no health endpoint): it accepts.
+
+    The standard library's http.client, not httpx: `up` polls every 20 ms and must not pay
+    httpx's import (~0.2 s, it pulls in trio when installed) before the first probe."""
+    import http.client
+    import socket
+    from urllib.parse import urlsplit
 
     if url.startswith("tcp://"):
-        import socket
-
         host, _, port = url[len("tcp://"):].rpartition(":")
         try:
             with socket.create_connection((host, int(port)), timeout=timeout):
@@ -61,11 +52,22 @@ def http_health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
         except OSError as e:
             return False, e.strerror or type(e).__name__
 
+    u = urlsplit(url)
+    if u.scheme == "https":
+        import ssl
+
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            u.hostname or "", u.port, timeout=timeout, context=ssl._create_unverified_context())  # a liveness probe, no data
+    else:
+        conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=timeout)
     try:
-        r = _http().get(url, timeout=timeout)
-    except httpx.HTTPError as e:
+        conn.request("GET", (u.path or "/") + (f"?{u.query}" if u.query else ""), headers={"Connection": "close"})
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException) as e:
         return False, type(e).__name__
-    return (200 <= r.status_code < 300), f"HTTP {r.status_code}"
+    finally:
+        conn.close()
+    return (200 <= status < 300), f"HTTP {status}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,6 +201,21 @@ def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[Proces
                 time.sleep(0.02 if elapsed < 5 else 0.1 if elapsed < 30 else 0.5)
     for name in pending:
         failures[name] = f"not healthy after {timeout:.0f} s ({pending[name].health_url})"
+    # Healthy, and still alive: a process that died right away (e.g. could not bind its port while
+    # something else listening there answered the health check) is caught here, one round trip
+    # per host. (One that dies later is `status`'s to find.)
+    healthy = [p for p in procs if p.name not in failures]
+    by_host = {}
+    for p in healthy:
+        by_host.setdefault(p.host, []).append(p)
+    states = run_parallel(by_host, lambda ps: nodes[ps[0].host].ops.process_states([pids[p.name] for p in ps]))
+    for host, st in states.items():
+        if isinstance(st, BaseException):
+            continue
+        for p in by_host[host]:
+            if st.get(pids[p.name]) != "running":  # type: ignore[union-attr]
+                failures[p.name] = (f"exited ({st.get(pids[p.name])}) although {p.health_url} answers: "  # type: ignore[union-attr]
+                                    f"another process serves that port")
     return failures
 
 
@@ -209,10 +226,18 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
     inv = c.inventory()
     con = c.console()
     t0 = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def phase(name: str, since: float) -> float:
+        now_ = time.monotonic()
+        phases[name] = round(phases.get(name, 0.0) + now_ - since, 3)
+        return now_
+
     with cluster_lock(plan.cluster, "up"):
         nodes, _ = open_nodes(inv, plan, c.ssh_config)
         try:
             observed = run_parallel(nodes, lambda n: observe(plan, n))
+            tp = phase("connect_observe", t0)
             for host, obs in observed.items():
                 if isinstance(obs, BaseException):
                     raise UserError(f"host {host}: cannot read process state: {obs}")
@@ -241,6 +266,7 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                     raise UserError(f"cluster {plan.cluster!r} is running with a different configuration on {', '.join(changed)}",
                                     hint="run `orchestrate down` first, then `orchestrate up`")
 
+            tp = time.monotonic()
             if preflight:
                 checks = preflight_mod.run_checks(inv, plan, nodes, skip_ports_of=running)
                 failed = [ch for ch in checks if ch.status == "fail"]
@@ -249,6 +275,7 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                     raise UserError(f"preflight failed: {failed[0].host}: {failed[0].name}: {failed[0].detail}",
                                     hint=failed[0].hint, details=[f"{ch.host}: {ch.name}: {ch.detail}" for ch in failed[1:]])
 
+            tp = phase("preflight", tp)
             prepared = run_parallel({n: node for n, node in nodes.items() if node.plan.prepare}, _prepare)
             for host, res in prepared.items():
                 if isinstance(res, BaseException):
@@ -257,6 +284,7 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
             if state is None or not running:
                 state = RunState(run_id=new_run_id(plan.cluster), cluster=plan.cluster, inventory=c.inventory_path,
                                  started_at=now())
+            tp = phase("prepare", tp)
             uploads = run_parallel(nodes, lambda n: _upload(n, plan))
             for host, res in uploads.items():
                 if isinstance(res, BaseException):
@@ -264,6 +292,7 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                 state.hosts[host] = HostState(name=host, address=nodes[host].plan.address, workdir=nodes[host].workdir,
                                               files=res)  # type: ignore[arg-type]
 
+            tp = phase("upload", tp)
             started: list[ProcessSpec] = []
             pids: dict[str, int] = {n: obs_all[n].pid for n in running}  # type: ignore[misc]
             try:
@@ -283,7 +312,9 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                             log_path=nodes[p.host].path(p.log_path), health_url=p.health_url,
                             script_sha256=next(f.sha256 for f in nodes[p.host].plan.files if f.path == p.launch_script))
                     save_state(state)
+                    tp = phase("start", tp)
                     failures = _wait_healthy(c, plan, nodes, todo, pids, timeout)
+                    tp = phase("wait_healthy", tp)
                     if failures:
                         name, why = next(iter(failures.items()))
                         raise _StartFailed(plan.process(name), why, others=failures)
@@ -310,7 +341,7 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
             close_all(nodes)
     took = time.monotonic() - t0
     if c.as_json:
-        c.emit_json({"changed": True, "run_id": state.run_id, "seconds": round(took, 3),
+        c.emit_json({"changed": True, "run_id": state.run_id, "seconds": round(took, 3), "phases_s": phases,
                      "processes": {n: {"host": s.host, "pid": s.pid, "health_url": s.health_url, "log": s.log_path}
                                    for n, s in state.processes.items()}})
     else:
@@ -324,6 +355,8 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
             t.add_row(p.name, p.host, str(s.pid if s else "?"), ",".join(map(str, p.ports)), p.health_url,
                       s.log_path if s else p.log_path)
         con.print(t)
+        if c.verbose:
+            con.print("phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()), style="dim")
     return 0
 
 

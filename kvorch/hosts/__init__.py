@@ -1,4 +1,9 @@
-"""Host connectors: one small Transport interface (local | ssh) and HostOps built on it."""
+"""Host connectors: one small Transport interface (local | ssh) and HostOps built on it.
+
+The SSH transport (paramiko, Fabric: ~0.2 s to import) is loaded on first use, so a cluster of
+local hosts never pays for it."""
+
+from typing import Any
 
 from .base import (
     AuthenticationFailed,
@@ -13,7 +18,6 @@ from .base import (
 from .local import LocalTransport
 from .ops import FACT_PACKAGES, GpuInfo, HostFacts, HostOps, StopResult, q, qpath
 from .parallel import run_parallel
-from .ssh import InsecureHostKeyWarning, SshTransport
 from .ssh_config import SshSettings, resolve_ssh_settings
 
 __all__ = [
@@ -22,3 +26,11 @@ __all__ = [
     "InsecureHostKeyWarning", "SshSettings", "resolve_ssh_settings", "HostOps", "HostFacts",
     "GpuInfo", "StopResult", "FACT_PACKAGES", "q", "qpath", "run_parallel",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("SshTransport", "InsecureHostKeyWarning"):
+        from . import ssh
+
+        return getattr(ssh, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,10 +5,13 @@ Fabric 3.2 puts paramiko's ``AutoAddPolicy`` on every connection and loads no kn
 gets the known_hosts files of its :class:`SshSettings` and a rejecting policy before it connects;
 an unknown or changed key raises :class:`HostKeyError` with the command that fixes it.
 
-Commands run on a channel of the connection's paramiko transport (``bash --noprofile --norc -c``,
-env exported inline, stdin closed, no pty); files move over SFTP (offset reads for log pulls).
-One connection per host, shared by threads (channels are multiplexed, at most
-``max_channels`` at once: sshd's ``MaxSessions`` defaults to 10).
+Commands run as ``bash --noprofile --norc -c`` (env exported inline, stdin closed, no pty) inside
+a persistent remote bash per connection: sshd starts every new channel through the user's login
+shell, which reads ~/.bashrc (pyenv or conda init there costs 0.1–0.5 s per command); a kept
+shell pays that once. Each command's end is framed by a random marker on stdout and stderr; a
+command that times out takes its shell with it. Files move over SFTP (offset reads for log pulls).
+One connection per host, shared by threads (channels are multiplexed, at most ``max_channels``
+commands at once plus ``MAX_IDLE_SHELLS`` idle shells and SFTP: sshd's ``MaxSessions`` defaults to 10).
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ class SshTransport:
         name: str | None = None,
         *,
         verify_host_keys: bool | None = None,
-        max_channels: int = 8,
+        max_channels: int = 7,
     ):
         self.settings = settings
         self.name = name or settings.alias or settings.hostname
@@ -165,6 +168,7 @@ class SshTransport:
         self._conn: Connection | None = None
         self._hops: list[Connection] = []
         self._sftp: paramiko.SFTPClient | None = None
+        self._idle_shells: list[_Shell] = []
         self.connect_time_s: float | None = None
 
     def __repr__(self) -> str:
@@ -295,6 +299,9 @@ class SshTransport:
             return conn.transport
 
     def _close_locked(self) -> None:
+        for sh in self._idle_shells:
+            sh.close()
+        self._idle_shells = []
         if self._sftp is not None:
             try:
                 self._sftp.close()
@@ -327,53 +334,48 @@ class SshTransport:
         transport = self._ensure_open()
         t0 = time.monotonic()
         with self._channels:
+            shell = self._take_shell(transport)
             try:
-                chan = transport.open_session(timeout=self.settings.connect_timeout)
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise HostUnreachable(f"{self.name}: cannot open an SSH channel: {exc}",
-                                      host=self.settings.hostname) from exc
-            try:
-                chan.exec_command(full)
-                chan.shutdown_write()
-                out, err = self._collect(chan, command, timeout)
-                if not chan.exit_status_ready() and not transport.is_active():
+                out, err, code = shell.run(full, command, timeout, self.name)
+            except CommandTimeout:
+                shell.close()
+                raise
+            except (paramiko.SSHException, EOFError, OSError, _ShellLost) as exc:
+                shell.close()
+                if not transport.is_active():
                     raise HostUnreachable(f"{self.name}: connection lost while running a command",
-                                          host=self.settings.hostname)
-                code = chan.recv_exit_status()
-            except (paramiko.SSHException, EOFError) as exc:
+                                          host=self.settings.hostname) from exc
                 raise HostUnreachable(f"{self.name}: SSH failure while running a command: {exc}",
                                       host=self.settings.hostname) from exc
-            finally:
-                chan.close()
+            self._return_shell(shell)
         return RunResult(exit_code=code, stdout=out.decode("utf-8", "replace"),
                          stderr=err.decode("utf-8", "replace"), duration_s=time.monotonic() - t0)
 
-    def _collect(self, chan: paramiko.Channel, command: str, timeout: float | None) -> tuple[bytes, bytes]:
-        out, err = bytearray(), bytearray()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        fd = chan.fileno()
-        while True:
-            got = False
-            while chan.recv_ready():
-                out += chan.recv(65536)
-                got = True
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-                got = True
-            if got:
-                continue
-            if chan.closed or (chan.eof_received and chan.exit_status_ready()):
-                if not chan.recv_ready() and not chan.recv_stderr_ready():
-                    return bytes(out), bytes(err)
-            wait = 0.5
-            if deadline is not None:
-                wait = deadline - time.monotonic()
-                if wait <= 0:
-                    raise CommandTimeout(command, timeout or 0.0, host=self.name,
-                                         stdout=out.decode("utf-8", "replace"),
-                                         stderr=err.decode("utf-8", "replace"))
-                wait = min(wait, 0.5)
-            select.select([fd], [], [], wait)
+    def _take_shell(self, transport: paramiko.Transport) -> _Shell:
+        with self._lock:
+            while self._idle_shells:
+                sh = self._idle_shells.pop()
+                if sh.alive():
+                    return sh
+                sh.close()
+        try:
+            chan = transport.open_session(timeout=self.settings.connect_timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise HostUnreachable(f"{self.name}: cannot open an SSH channel: {exc}",
+                                  host=self.settings.hostname) from exc
+        try:
+            return _Shell.start(chan, self.settings.connect_timeout + 30.0)
+        except (paramiko.SSHException, EOFError, OSError, _ShellLost, CommandTimeout) as exc:
+            chan.close()
+            raise HostUnreachable(f"{self.name}: cannot start a remote shell (bash): {exc}",
+                                  host=self.settings.hostname) from exc
+
+    def _return_shell(self, shell: _Shell) -> None:
+        with self._lock:
+            if self._conn is not None and len(self._idle_shells) < MAX_IDLE_SHELLS and shell.alive():
+                self._idle_shells.append(shell)
+                return
+        shell.close()
 
     # ---- files ------------------------------------------------------------------------------
 
@@ -442,3 +444,84 @@ class SshTransport:
                 return self._sftp_client().stat(self._sftp_path(remote_path)).st_size
             except FileNotFoundError:
                 return None
+
+
+MAX_IDLE_SHELLS = 2
+
+
+class _ShellLost(Exception):
+    """The persistent shell's channel closed before a command finished."""
+
+
+class _Shell:
+    """One remote ``bash`` reading commands on stdin, kept for the next command.
+
+    Each command is written as ``<bash -c …> </dev/null; printf '\\n<mark> %d\\n' $?`` (and the mark on
+    stderr): everything before the mark is the command's output, byte for byte."""
+
+    def __init__(self, chan: paramiko.Channel):
+        self.chan = chan
+        self._out = bytearray()
+        self._err = bytearray()
+
+    @classmethod
+    def start(cls, chan: paramiko.Channel, timeout: float) -> _Shell:
+        # The login shell (which reads ~/.bashrc once) hands over to a plain bash.
+        chan.exec_command("exec bash --noprofile --norc")
+        sh = cls(chan)
+        mark = "__kvorch_ready_" + uuid.uuid4().hex
+        sh._send(f"printf '%s\\n' {mark}; printf '%s\\n' {mark} >&2\n")
+        # whatever ~/.bashrc printed comes before the ready mark: dropped
+        sh._read_until(f"{mark}\n".encode(), f"{mark}\n".encode(), timeout, "start a shell", "remote shell",
+                       line_after=False)
+        return sh
+
+    def alive(self) -> bool:
+        return not (self.chan.closed or self.chan.exit_status_ready() or self.chan.eof_received)
+
+    def close(self) -> None:
+        try:
+            self.chan.close()
+        except Exception:
+            pass
+
+    def _send(self, text: str) -> None:
+        self.chan.sendall(text.encode())
+
+    def run(self, full: str, command: str, timeout: float | None, host: str) -> tuple[bytes, bytes, int]:
+        mark = "__kvorch_end_" + uuid.uuid4().hex
+        self._send(f"{full} </dev/null; printf '\\n%s %d\\n' {mark} $?; printf '\\n%s\\n' {mark} >&2\n")
+        out, err = self._read_until(f"\n{mark} ".encode(), f"\n{mark}\n".encode(), timeout, command, host)
+        code_s, _, rest = out[1].partition(b"\n")
+        self._out[:0] = rest  # (nothing should follow; kept for the next read if it does)
+        return out[0], err[0], int(code_s)
+
+    def _read_until(self, out_mark: bytes, err_mark: bytes, timeout: float | None, command: str,
+                    host: str, line_after: bool = True) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+        """Read both streams until each holds its mark (stdout's mark line is read whole).
+        Returns (before, after) for each."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chan, fd = self.chan, self.chan.fileno()
+        while True:
+            while chan.recv_ready():
+                self._out += chan.recv(65536)
+            while chan.recv_stderr_ready():
+                self._err += chan.recv_stderr(65536)
+            oi, ei = self._out.find(out_mark), self._err.find(err_mark)
+            if oi >= 0 and ei >= 0 and (not line_after or self._out.find(b"\n", oi + len(out_mark)) >= 0):
+                out = (bytes(self._out[:oi]), bytes(self._out[oi + len(out_mark):]))
+                err = (bytes(self._err[:ei]), bytes(self._err[ei + len(err_mark):]))
+                self._out, self._err = bytearray(), bytearray(err[1])
+                return out, (err[0], b"")
+            if chan.closed or chan.eof_received or chan.exit_status_ready():
+                if not chan.recv_ready() and not chan.recv_stderr_ready():
+                    raise _ShellLost(f"the remote shell exited (status {chan.exit_status if chan.exit_status_ready() else '?'})")
+            wait = 0.5
+            if deadline is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    raise CommandTimeout(command, timeout or 0.0, host=host,
+                                         stdout=self._out.decode("utf-8", "replace"),
+                                         stderr=self._err.decode("utf-8", "replace"))
+                wait = min(wait, 0.5)
+            select.select([fd], [], [], wait)

@@ -14,15 +14,17 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-import paramiko
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
 StrictMode = Literal["yes", "no", "accept-new", "ask", "off"]
+
+if TYPE_CHECKING:
+    import paramiko
 
 
 class SshSettings(BaseModel):
@@ -123,6 +125,8 @@ def split_host_spec(spec: str) -> tuple[str | None, str, int | None]:
 
 
 def _load_config(path: str | None) -> tuple[paramiko.SSHConfig, str | None]:
+    import paramiko  # imported here: local-only clusters never load it
+
     if path is None:
         default = os.path.expanduser(DEFAULT_SSH_CONFIG)
         if os.path.exists(default):

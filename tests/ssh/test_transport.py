@@ -189,6 +189,37 @@ def test_one_connection_serves_many_threads_at_once(ssh_transports):
     assert outs == [f"{i}\n" for i in range(30)]
 
 
+def test_commands_on_one_connection_share_one_remote_shell(ssh_transports):
+    """The login shell (and its ~/.bashrc) starts once per connection, not once per command."""
+    t = ssh_transports["h13"]
+    parents = {t.run("echo $PPID").stdout for _ in range(5)}
+    assert len(parents) == 1
+
+
+def test_output_is_byte_exact_without_a_final_newline_and_when_large(ssh_transports):
+    t = ssh_transports["h13"]
+    r = t.run("printf 'no newline'; printf 'err, no newline' >&2; exit 7")
+    assert (r.exit_code, r.stdout, r.stderr) == (7, "no newline", "err, no newline")
+    big = t.run("head -c 3000000 /dev/zero | tr '\\0' x; echo; seq 1 20000 >&2")
+    assert big.stdout == "x" * 3000000 + "\n"
+    assert big.stderr.splitlines()[-1] == "20000" and len(big.stderr.splitlines()) == 20000
+    assert t.run("echo next").stdout == "next\n"
+
+
+def test_a_command_that_exits_or_times_out_leaves_the_connection_usable(ssh_transports):
+    t = ssh_transports["h13"]
+    assert t.run("exit 42").exit_code == 42
+    shell = t.run("echo $PPID").stdout
+    t.run("(sleep 0.2; kill -9 $PPID) >/dev/null 2>&1 &")  # the kept shell dies between commands
+    time.sleep(0.6)
+    assert t.run("echo $PPID").stdout != shell  # a new one
+    assert t.run("echo after the shell died").stdout == "after the shell died\n"
+    with pytest.raises(CommandTimeout):
+        t.run("sleep 5", timeout=0.3)
+    assert t.run("echo after a timeout").stdout == "after a timeout\n"
+    assert t.run("cat; echo stdin-closed").stdout == "stdin-closed\n"  # no command reads the next one
+
+
 def test_reconnects_after_the_connection_drops(ssh_transports):
     t = ssh_transports["h13"]
     assert t.run("true").ok
