@@ -126,7 +126,7 @@ def main() -> int:
                 connect = t.open()
                 cmd = statistics.median(t.run("true").duration_s for _ in range(5))
             print(f"one host: connect {connect * 1000:.0f} ms, command `true` {cmd * 1000:.0f} ms "
-                  f"(median of 5; includes the remote login shell reading ~/.bashrc)")
+                  f"(median of 5; the login shell and ~/.bashrc start once per connection, with its first command)")
 
             rows: dict[int, list[dict[str, float]]] = {2: [], 16: []}
             for _ in range(a.rounds):
