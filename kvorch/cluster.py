@@ -167,8 +167,6 @@ def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[Proces
     0.5 s; whether the processes are still alive is asked of their hosts once a second."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .hosts.parallel import run_parallel
-
     pending = {p.name: p for p in procs}
     failures: dict[str, str] = {}
     t0 = time.monotonic()
@@ -184,17 +182,9 @@ def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[Proces
                     progress.update(tasks[name], completed=1, description=f"{name}: healthy")
                     del pending[name]
             if pending and time.monotonic() >= next_alive_check:
-                by_host: dict[str, list[ProcessSpec]] = {}
-                for p in pending.values():
-                    by_host.setdefault(p.host, []).append(p)
-                states = run_parallel(by_host, lambda ps: nodes[ps[0].host].ops.process_states([pids[p.name] for p in ps]))
-                for host, st in states.items():
-                    if isinstance(st, BaseException):
-                        continue
-                    for p in by_host[host]:
-                        if st.get(pids[p.name]) != "running":  # type: ignore[union-attr]
-                            failures[p.name] = f"exited during startup ({st.get(pids[p.name])})"  # type: ignore[union-attr]
-                            del pending[p.name]
+                for name, st in _not_running(nodes, list(pending.values()), pids).items():
+                    failures[name] = f"exited during startup ({st})"
+                    del pending[name]
                 next_alive_check = time.monotonic() + 1.0
             if pending:
                 elapsed = time.monotonic() - t0
@@ -205,18 +195,30 @@ def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[Proces
     # something else listening there answered the health check) is caught here, one round trip
     # per host. (One that dies later is `status`'s to find.)
     healthy = [p for p in procs if p.name not in failures]
-    by_host = {}
-    for p in healthy:
+    for name, st in _not_running(nodes, healthy, pids).items():
+        failures[name] = (f"exited ({st}) although {plan.process(name).health_url} answers: "
+                          f"another process serves that port")
+    return failures
+
+
+def _not_running(nodes: dict[str, Node], procs: list[ProcessSpec], pids: dict[str, int]) -> dict[str, str]:
+    """Of ``procs``, those whose process is not running now (name → state): one round trip per
+    host, in parallel. A host that cannot answer counts as no news."""
+    from .hosts.parallel import run_parallel
+
+    by_host: dict[str, list[ProcessSpec]] = {}
+    for p in procs:
         by_host.setdefault(p.host, []).append(p)
     states = run_parallel(by_host, lambda ps: nodes[ps[0].host].ops.process_states([pids[p.name] for p in ps]))
+    out: dict[str, str] = {}
     for host, st in states.items():
         if isinstance(st, BaseException):
             continue
         for p in by_host[host]:
-            if st.get(pids[p.name]) != "running":  # type: ignore[union-attr]
-                failures[p.name] = (f"exited ({st.get(pids[p.name])}) although {p.health_url} answers: "  # type: ignore[union-attr]
-                                    f"another process serves that port")
-    return failures
+            state = st.get(pids[p.name])  # type: ignore[union-attr]
+            if state != "running":
+                out[p.name] = str(state)
+    return out
 
 
 def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) -> int:
