@@ -44,8 +44,9 @@ def state_pids(orch: Orch) -> dict[str, int]:
 
 def test_up_status_down_leaves_nothing_running(loopback):
     orch = loopback()
-    r = orch("up")
+    r = orch("--json", "up")
     assert r.code == 0, r.err + r.out
+    assert set(r.json()["phases_s"]) >= {"connect_observe", "preflight", "upload", "start", "wait_healthy"}
     pids = state_pids(orch)
     assert set(pids) == set(PROCESSES)
     for addr, port in PROCESSES.values():
