@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import re
 import select
 import socket
 import threading
@@ -457,7 +458,7 @@ class _Shell:
     """One remote ``bash`` reading commands on stdin, kept for the next command.
 
     Each command is written as ``<bash -c …> </dev/null; printf '\\n<mark> %d\\n' $?`` (and the mark on
-    stderr): everything before the mark is the command's output, byte for byte."""
+    stderr): everything before the mark line is the command's output, byte for byte."""
 
     def __init__(self, chan: paramiko.Channel):
         self.chan = chan
@@ -472,8 +473,8 @@ class _Shell:
         mark = "__kvorch_ready_" + uuid.uuid4().hex
         sh._send(f"printf '%s\\n' {mark}; printf '%s\\n' {mark} >&2\n")
         # whatever ~/.bashrc printed comes before the ready mark: dropped
-        sh._read_until(f"{mark}\n".encode(), f"{mark}\n".encode(), timeout, "start a shell", "remote shell",
-                       line_after=False)
+        line = re.compile(re.escape(f"{mark}\n".encode()))
+        sh._read_until(line, line, timeout, "start a shell", "remote shell")
         return sh
 
     def alive(self) -> bool:
@@ -491,15 +492,14 @@ class _Shell:
     def run(self, full: str, command: str, timeout: float | None, host: str) -> tuple[bytes, bytes, int]:
         mark = "__kvorch_end_" + uuid.uuid4().hex
         self._send(f"{full} </dev/null; printf '\\n%s %d\\n' {mark} $?; printf '\\n%s\\n' {mark} >&2\n")
-        out, err = self._read_until(f"\n{mark} ".encode(), f"\n{mark}\n".encode(), timeout, command, host)
-        code_s, _, rest = out[1].partition(b"\n")
-        self._out[:0] = rest  # (nothing should follow; kept for the next read if it does)
-        return out[0], err[0], int(code_s)
+        (out, code), (err, _) = self._read_until(re.compile(b"\n" + mark.encode() + rb" (\d+)\n"),
+                                                 re.compile(re.escape(f"\n{mark}\n".encode())), timeout, command, host)
+        return out, err, int(code[0])
 
-    def _read_until(self, out_mark: bytes, err_mark: bytes, timeout: float | None, command: str,
-                    host: str, line_after: bool = True) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
-        """Read both streams until each holds its mark (stdout's mark line is read whole).
-        Returns (before, after) for each."""
+    def _read_until(self, out_mark: re.Pattern[bytes], err_mark: re.Pattern[bytes], timeout: float | None,
+                    command: str, host: str) -> tuple[tuple[bytes, tuple[bytes, ...]], tuple[bytes, tuple[bytes, ...]]]:
+        """Read both streams until each holds its mark line: (what came before it, the mark's
+        groups) for each; anything after a mark stays buffered for the next read."""
         deadline = None if timeout is None else time.monotonic() + timeout
         chan, fd = self.chan, self.chan.fileno()
         while True:
@@ -507,12 +507,12 @@ class _Shell:
                 self._out += chan.recv(65536)
             while chan.recv_stderr_ready():
                 self._err += chan.recv_stderr(65536)
-            oi, ei = self._out.find(out_mark), self._err.find(err_mark)
-            if oi >= 0 and ei >= 0 and (not line_after or self._out.find(b"\n", oi + len(out_mark)) >= 0):
-                out = (bytes(self._out[:oi]), bytes(self._out[oi + len(out_mark):]))
-                err = (bytes(self._err[:ei]), bytes(self._err[ei + len(err_mark):]))
-                self._out, self._err = bytearray(), bytearray(err[1])
-                return out, (err[0], b"")
+            om, em = out_mark.search(self._out), err_mark.search(self._err)
+            if om and em:
+                out = (bytes(self._out[:om.start()]), tuple(bytes(g) for g in om.groups()))
+                err = (bytes(self._err[:em.start()]), tuple(bytes(g) for g in em.groups()))
+                del self._out[:om.end()], self._err[:em.end()]  # (the matches pointed into these buffers)
+                return out, err
             if chan.closed or chan.eof_received or chan.exit_status_ready():
                 if not chan.recv_ready() and not chan.recv_stderr_ready():
                     raise _ShellLost(f"the remote shell exited (status {chan.exit_status if chan.exit_status_ready() else '?'})")
