@@ -71,13 +71,24 @@ class RequestRecord(BaseModel):
     cached_tokens: int | None = Field(
         None, description="usage.prompt_tokens_details.cached_tokens, when the server reports it"
     )
-    started_at: float = Field(description="wall clock (time.time()) when the request was sent")
-    ttft_s: float | None = Field(None, description="time to the first non-empty content chunk")
+    started_at: float = Field(
+        description="wall clock (time.time()) when the request went on the wire"
+    )
+    send_wait_s: float | None = Field(
+        None,
+        description="call → the request's first byte on the wire (waiting for a pooled "
+        "connection, connecting, building the request); not part of ttft/e2e",
+    )
+    ttft_s: float | None = Field(
+        None, description="request on the wire → the first non-empty content chunk"
+    )
     itl_s: list[float] = Field(default_factory=list, description="gaps between content chunks")
     tpot_s: float | None = Field(
         None, description="(e2e - ttft) / (output tokens - 1), vLLM's definition"
     )
-    e2e_s: float | None = Field(None, description="send → end of stream (or → failure)")
+    e2e_s: float | None = Field(
+        None, description="request on the wire → end of stream (or → failure)"
+    )
     output_text: str = ""
     finish_reason: str | None = None
     num_chunks: int = Field(0, description="content chunks received")
@@ -190,10 +201,13 @@ def _error_message(obj: Any) -> str | None:
 class _Progress:
     """Mutable state of one streaming request, kept outside the timed-out coroutine."""
 
-    __slots__ = ("t0", "last", "text", "itl", "ttft", "chunks", "usage", "finish", "rid", "http")
+    __slots__ = ("t_call", "t0", "wall0", "last", "text", "itl", "ttft", "chunks", "usage", "finish", "rid",
+                 "http")
 
     def __init__(self) -> None:
-        self.t0 = 0.0
+        self.t_call = time.perf_counter()
+        self.t0 = self.t_call  # moved to when the request goes on the wire, see trace()
+        self.wall0 = time.time()
         self.last: float | None = None
         self.text: list[str] = []
         self.itl: list[float] = []
@@ -203,6 +217,14 @@ class _Progress:
         self.finish: str | None = None
         self.rid: str | None = None
         self.http: int | None = None
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's ``trace`` extension: the clock starts when the request's headers start going
+        out on the connection, so that connection-pool waits, connecting and the client's own
+        request building (~1 ms per request in httpx) are not counted as server latency."""
+        if event.endswith("send_request_headers.started"):
+            self.t0 = time.perf_counter()
+            self.wall0 = time.time()
 
 
 async def _stream(
@@ -215,7 +237,8 @@ async def _stream(
     read_timeout: float,
 ) -> tuple[Status, str | None]:
     timeout = httpx.Timeout(read_timeout, connect=min(read_timeout, 10.0))
-    async with client.stream("POST", url, json=body, headers=headers, timeout=timeout) as resp:
+    async with client.stream("POST", url, json=body, headers=headers, timeout=timeout,
+                             extensions={"trace": p.trace}) as resp:
         p.http = resp.status_code
         if resp.status_code >= 400:
             raw = await resp.aread()
@@ -310,8 +333,6 @@ async def send(
         hdrs.update(headers)
 
     p = _Progress()
-    started_at = time.time()
-    p.t0 = time.perf_counter()
     status: Status
     error: str | None
     try:
@@ -325,6 +346,7 @@ async def send(
     except Exception as e:  # noqa: BLE001 - a record, never an exception, whatever went wrong
         status, error = "error", f"{type(e).__name__}: {e}"
     e2e = time.perf_counter() - p.t0
+    send_wait = p.t0 - p.t_call
 
     usage = p.usage or {}
     prompt_tokens = usage.get("prompt_tokens")
@@ -344,7 +366,8 @@ async def send(
         prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
         output_tokens=output_tokens if isinstance(output_tokens, int) else None,
         cached_tokens=cached if isinstance(cached, int) else None,
-        started_at=started_at,
+        started_at=p.wall0,
+        send_wait_s=send_wait,
         ttft_s=p.ttft,
         itl_s=p.itl,
         tpot_s=tpot,

@@ -43,6 +43,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from . import http, logfmt
+from .loop import run_precise
 from .hashing import chain_hashes, describe_seed, hash_seed
 
 _CTL = ("__main__.py", 519, "lmcache.v1.api_server.__main__")
@@ -457,7 +458,7 @@ def main(argv=None) -> int:
         await ctl.shutdown()
         return 128 + int(got_signal["sig"]) if got_signal["sig"] else 0
 
-    return asyncio.run(run())
+    return run_precise(run())
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from typing import AsyncIterator
 from .. import lmcache_config as lc
 from . import http, logfmt
 from .args import parse_args
+from .loop import run_precise
 from .hashing import chain_hashes, describe_seed, hash_seed
 from .kv import ModelShape, PrefixCache, model_max_len, resolve_model_shape
 from .latency import LatencyModel
@@ -495,6 +496,10 @@ class Engine:
             modeled *= factor
             # The sim's own work since the request was scheduled (tokenizing, hashing, lookups) is
             # part of the modeled time, not added to it: TTFT matches the configured latency.
+            # What the decode needs is prepared before the wait, so the first token leaves on time.
+            rng = self.gen.rng_for(tokens, sp.temperature, sp.seed)
+            natural = self.gen.natural_length(rng)
+            limit = sp.max_tokens if sp.ignore_eos else min(sp.max_tokens, natural)
             elapsed = time.perf_counter() - t_sched + pre_work
             if modeled > elapsed:
                 await asyncio.sleep(modeled - elapsed)
@@ -502,9 +507,6 @@ class Engine:
             if lmc is not None and res is not None:
                 await lmc.store(req_id, res)
             # ---- decode
-            rng = self.gen.rng_for(tokens, sp.temperature, sp.seed)
-            natural = self.gen.natural_length(rng)
-            limit = sp.max_tokens if sp.ignore_eos else min(sp.max_tokens, natural)
             t_first = time.perf_counter()
             m.ttft.observe(t_first - t_arrival)
             m.queue_time.observe(t_sched - t_arrival)
@@ -663,17 +665,25 @@ class Engine:
             finally:
                 await queue.put((i, None))
 
-        tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
-        try:
-            if chat_first is not None:
-                for i in range(len(gens)):
-                    await send(chat_first(i))
+        async def events() -> AsyncIterator[tuple[int, Event]]:
+            if len(gens) == 1:  # one prompt: no task hop between a token and its chunk
+                async for ev in gens[0]:
+                    yield 0, ev
+                return
             live = len(gens)
             while live:
                 i, ev = await queue.get()
                 if ev is None:
                     live -= 1
                     continue
+                yield i, ev
+
+        tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)] if len(gens) > 1 else []
+        try:
+            if chat_first is not None:
+                for i in range(len(gens)):
+                    await send(chat_first(i))
+            async for i, ev in events():
                 per[i] = ev
                 usage = None
                 if continuous:
@@ -698,6 +708,8 @@ class Engine:
             for t in tasks:
                 if not t.done():
                     t.cancel()
+            if not tasks:  # iterated in place: end it now (slots, block counts), not at GC
+                await gens[0].aclose()
         return resp
 
     async def h_chat(self, request: http.Request):
@@ -847,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         await engine.shutdown()
         return 0
 
-    return asyncio.run(run())
+    return run_precise(run())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""In-process checks of the simulator's building blocks (no sockets)."""
+"""In-process checks of the simulator's building blocks (the event loop test uses a socketpair)."""
+
+import asyncio
+import time
 
 from kvorch.sim.args import parse_args
 from kvorch.sim.hashing import chain_hashes, hash_seed
@@ -79,3 +82,28 @@ def test_log_formats():
                          "computed tokens: 0, LMCache hit tokens: 512, need to load: 512 "
                          "(vllm_v1_adapter.py:1476:lmcache.integration.vllm.vllm_v1_adapter)")
     assert line.startswith("[20")
+
+
+def test_precise_loop_serves_sockets_and_timers_and_never_wakes_early() -> None:
+    import socket
+
+    from kvorch.sim.loop import run_precise
+
+    async def main() -> tuple[bytes, list[float]]:
+        a, b = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=a)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.002, b.send, b"ping\n")  # data arrives while a 50 ms timer is pending
+        got = await asyncio.wait_for(reader.readline(), 0.05)
+        slept = []
+        for d in (0.0005, 0.003, 0.0107):
+            t = time.perf_counter()
+            await asyncio.sleep(d)
+            slept.append(time.perf_counter() - t - d)
+        writer.close()
+        b.close()
+        return got, slept
+
+    got, late = run_precise(main())
+    assert got == b"ping\n"
+    assert all(x >= 0 for x in late), late

@@ -203,6 +203,28 @@ async def _send_one(base: str, **kw: Any) -> tuple[RequestRecord, float]:
         return r, time.perf_counter() - t
 
 
+def test_ttft_starts_when_the_request_is_on_the_wire_not_while_it_waits_for_a_connection() -> None:
+    sc = Script(ttft=0.3, tokens=2)
+
+    async def main(base: str) -> list[RequestRecord]:
+        limits = httpx.Limits(max_connections=1)  # the second request waits for the first's connection
+        async with httpx.AsyncClient(trust_env=False, limits=limits) as c:
+            return list(await asyncio.gather(*[
+                send(c, "e", base, "tiny", prompt="x", max_tokens=2, request_id=f"w-{i}", timeout=10)
+                for i in range(2)
+            ]))
+
+    with sse_server(sc) as base:
+        recs = run(main(base))
+    assert [r.status for r in recs] == ["ok", "ok"]
+    first, second = sorted(recs, key=lambda r: r.send_wait_s or 0.0)
+    assert second.send_wait_s is not None and second.send_wait_s >= 0.3, second.send_wait_s
+    assert second.ttft_s is not None and 0.3 <= second.ttft_s < second.send_wait_s + 0.3
+    assert first.send_wait_s is not None and first.send_wait_s < 0.3
+    # started_at is the wall clock of the wire start: the waiting request started after the first ended
+    assert second.started_at >= first.started_at + (first.e2e_s or 0) - 0.01
+
+
 def test_ttft_itl_usage_and_request_id() -> None:
     sc = Script(ttft=0.12, itl=0.02, tokens=5)
 
