@@ -9,8 +9,10 @@ client key in an ``authorized_keys`` file of the state dir (for the current user
   StrictHostKeyChecking yes (so an alias or the bare address both resolve).
 
 Gotchas handled (DESIGN.md §7): ``/run/sshd`` created; sshd started by absolute path; StrictModes
-no (keys under /tmp); no PAM, no passwords or keyboard-interactive; internal-sftp (Fabric/SFTP);
-MaxStartups 100 (parallel connects); readiness = the "Server listening" log line *and* the SSH
+no (keys under /tmp); no PAM, no passwords or keyboard-interactive. Like a stock Debian server:
+SFTP is the external ``sftp-server`` (started through the login shell, ~/.bashrc and all;
+internal-sftp only where that binary is missing) and MaxSessions is the default 10 channels per
+connection. MaxStartups 100 (parallel connects); readiness = the "Server listening" log line *and* the SSH
 banner on the port (a daemonized sshd exits 0 even when bind fails, and a banner alone may come
 from someone else's server). One state dir per session.
 
@@ -37,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 SSHD = "/usr/sbin/sshd"
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 DEFAULT_PORT = 2222
 SEED_HOSTS = {"h13": "127.0.0.13", "h97": "127.0.0.97"}
 PORT_ENV = "KVORCH_TEST_SSHD_PORT"
@@ -171,9 +174,8 @@ class SshdCluster:
                 "PasswordAuthentication no",
                 "PubkeyAuthentication yes",
                 "PermitRootLogin prohibit-password",
-                "Subsystem sftp internal-sftp",
+                f"Subsystem sftp {SFTP_SERVER if os.path.exists(SFTP_SERVER) else 'internal-sftp'}",
                 "MaxStartups 100",
-                "MaxSessions 64",
                 "AllowTcpForwarding yes",
                 "UseDNS no",
                 "PrintMotd no",

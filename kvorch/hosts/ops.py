@@ -17,12 +17,14 @@ status (143 after SIGTERM is a clean stop). A zombie, or a process with an empty
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import posixpath
 import re
 import shlex
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping, Sequence
 
@@ -175,12 +177,35 @@ print(json.dumps(out))
 """
 
 
+#: the most bytes :meth:`HostOps.write_files` sends through the kept shell (base64 in a heredoc,
+#: inside one ``bash -c`` argument: Linux caps a single argument at 128 KiB)
+SHELL_WRITE_MAX = 64 * 1024
+
+
+def _write_files_script(parents: list[str], blobs: list[tuple[str, bytes, int]]) -> str:
+    """A bash script writing each file atomically from base64 (whose alphabet cannot contain
+    the heredoc's end marker): temporary file beside the target, chmod, rename."""
+    lines = ["set -e"]
+    if parents:
+        lines.append("mkdir -p -- " + " ".join(qpath(d) for d in parents))
+    lines.append("umask 077")  # a temporary file is private until its mode is set
+    for path, data, mode in blobs:
+        d, base = posixpath.split(path)
+        tmp = posixpath.join(d, f".{base}.kvorch-{uuid.uuid4().hex[:8]}")
+        lines.append(f"base64 -d > {qpath(tmp)} <<'KVORCH_B64_END'")
+        encoded = base64.b64encode(data).decode()
+        lines.extend(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+        lines.append("KVORCH_B64_END")
+        lines.append(f"chmod {mode:o} -- {qpath(tmp)} && mv -f -- {qpath(tmp)} {qpath(path)}")
+    return "\n".join(lines) + "\n"
+
+
 class HostOps:
     """Operations on one host. ``workdir``: the host's working directory (absolute or ``~/…``);
     :meth:`remove_tree` never deletes outside it."""
 
     def __init__(self, transport: Transport, workdir: str | None = None, *, timeout: float = 60.0,
-                 proc_via_files: bool = True):
+                 proc_via_files: bool | None = None):
         self.t = transport
         self.name = getattr(transport, "name", "host")
         if workdir is not None:
@@ -189,8 +214,13 @@ class HostOps:
                 raise ValueError(f"workdir must be an absolute path or ~/…, not the root/home: {workdir!r}")
         self.workdir = workdir
         self.timeout = timeout
-        #: read /proc through the transport's file access (SFTP) instead of a remote shell
-        self._proc_via_files = proc_via_files
+        #: small reads and writes (configs, pidfiles, /proc, log tails) through the transport's
+        #: kept shell rather than its file access: over SSH, SFTP is a subsystem sshd starts
+        #: through the login shell (~/.bashrc and all) on first use, while the kept shell is
+        #: already running and answers in a few ms. Big files (log pulls) always use SFTP.
+        self.small_via_shell = bool(getattr(transport, "small_files_via_shell", False))
+        #: read /proc through the transport's file access instead of a shell
+        self._proc_via_files = (not self.small_via_shell) if proc_via_files is None else proc_via_files
 
     def __repr__(self) -> str:
         return f"<HostOps {self.name} workdir={self.workdir}>"
@@ -239,18 +269,31 @@ class HostOps:
         self.t.put_bytes(full, data, mode)
 
     def write_files(self, files: Iterable[tuple[str, str | bytes, int]]) -> None:
-        """Several files: one ``mkdir -p`` for all parents, then one upload each."""
-        files = [(self.path(p), c, m) for p, c, m in files]
-        parents = sorted({posixpath.dirname(p) for p, _, _ in files} - {""})
+        """Several files, each atomically (a temporary file beside it, then a rename). Small sets
+        over SSH: one round trip through the kept shell, the bytes base64-encoded (no shell
+        interprets them). Otherwise one ``mkdir -p`` for all parents, then one upload each."""
+        blobs = [(self.path(p), c.encode() if isinstance(c, str) else c, m) for p, c, m in files]
+        parents = sorted({posixpath.dirname(p) for p, _, _ in blobs} - {""})
+        if self.small_via_shell and sum(len(b) for _, b, _ in blobs) <= SHELL_WRITE_MAX:
+            self.run(_write_files_script(parents, blobs), check=True, what="write files")
+            return
         self.mkdirs(*parents)
-        for p, c, m in files:
-            self.t.put_bytes(p, c.encode() if isinstance(c, str) else c, m)
+        for p, b, m in blobs:
+            self.t.put_bytes(p, b, m)
 
     def read_file(self, path: str) -> bytes | None:
         try:
             return self.t.get_bytes(self.path(path))
         except FileNotFoundError:
             return None
+
+    def _read_small(self, path: str) -> str | None:
+        """The first 4 KiB of a small text file (pidfile, exit code); None when it is missing."""
+        if not self.small_via_shell:
+            data = self.read_file(path)
+            return None if data is None else data[:4096].decode(errors="replace")
+        res = self.run(f"head -c 4096 -- {qpath(self.path(path))} 2>/dev/null")
+        return res.stdout if res.ok else None
 
     def read_from(self, path: str, offset: int = 0, limit: int | None = None) -> bytes:
         """Bytes from ``offset`` (for incremental log pulls: next offset = offset + len(result)).
@@ -275,6 +318,8 @@ class HostOps:
         if n <= 0:
             return ""
         full = self.path(path)
+        if self.small_via_shell:
+            return self.run(f"[ -f {qpath(full)} ] && tail -n {n} -- {qpath(full)}").stdout
         want = 16384
         while True:
             try:
@@ -471,13 +516,11 @@ done
             raise ValueError(f"refusing to stop process group {pgid}: it is this program's own")
 
     def read_pid(self, pid_path: str) -> int | None:
-        data = self.read_file(pid_path)
-        s = data.decode(errors="replace").strip() if data else ""
+        s = (self._read_small(pid_path) or "").strip()
         return int(s) if s.isdigit() else None
 
     def read_exit_code(self, exit_path: str) -> int | None:
-        data = self.read_file(exit_path)
-        s = data.decode(errors="replace").strip() if data else ""
+        s = (self._read_small(exit_path) or "").strip()
         return int(s) if re.fullmatch(r"-?\d+", s) else None
 
     # ---- ports --------------------------------------------------------------------------------

@@ -145,6 +145,9 @@ class SshTransport:
     opt-out: it emits :class:`InsecureHostKeyWarning` and logs a warning per connection.
     """
 
+    #: small files and /proc reads go through the kept shell (see HostOps.small_via_shell)
+    small_files_via_shell = True
+
     def __init__(
         self,
         settings: SshSettings,
@@ -388,6 +391,12 @@ class SshTransport:
         if path.startswith("~/"):
             return path[2:]
         return path
+
+    @property
+    def sftp_started(self) -> bool:
+        """Whether this connection has an SFTP session (sshd starts its sftp-server, often through
+        the login shell): only bulk file transfers need one."""
+        return self._sftp is not None
 
     def _sftp_client(self) -> paramiko.SFTPClient:
         self._ensure_open()

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from kvorch.hosts import CommandError, HostOps, LocalTransport, run_parallel
+from kvorch.hosts.ops import SHELL_WRITE_MAX
 
 NASTY_VALUES = [
     "$(touch {m})",
@@ -247,6 +248,24 @@ def test_write_file_sets_mode_and_write_files_batches(any_ops, tmp_path):
     any_ops.write_files([("a/1", "one", 0o644), ("b/c/2", b"two", 0o755)])
     assert (tmp_path / "work" / "b" / "c" / "2").read_bytes() == b"two"
     assert os.access(tmp_path / "work" / "b" / "c" / "2", os.X_OK)
+
+
+def test_write_files_is_byte_exact_replaces_atomically_and_leaves_no_temporary_files(any_ops, tmp_path):
+    every_byte = bytes(range(256)) * 3
+    nasty = "KVORCH_B64_END\n$(touch pwned) `touch pwned` 'quote' \"dq\" \\ end"
+    big = os.urandom(SHELL_WRITE_MAX + 1)  # over the limit: the transport's file access
+    any_ops.write_files([("d/every byte", every_byte, 0o600), ("d/x'; touch pwned #", nasty, 0o755),
+                         ("d/big.bin", big, 0o644)])
+    d = tmp_path / "work" / "d"
+    assert (d / "every byte").read_bytes() == every_byte
+    assert (d / "x'; touch pwned #").read_text() == nasty
+    assert (d / "big.bin").read_bytes() == big
+    assert stat.S_IMODE((d / "every byte").stat().st_mode) == 0o600
+    assert stat.S_IMODE((d / "x'; touch pwned #").stat().st_mode) == 0o755
+    any_ops.write_files([("d/every byte", b"new", 0o644)])
+    assert (d / "every byte").read_bytes() == b"new"
+    assert sorted(p.name for p in d.iterdir()) == ["big.bin", "every byte", "x'; touch pwned #"]
+    assert not list(tmp_path.rglob("pwned"))
 
 
 def test_remove_tree_stays_inside_the_workdir(any_ops, tmp_path):

@@ -231,3 +231,26 @@ def test_facts_tell_loopback_hosts_apart_by_server_address(ssh_transports, tmp_p
     res = run_parallel(ssh_transports, lambda t: HostOps(t, str(tmp_path)).facts("python3"))
     assert {n: f.server_address for n, f in res.items()} == {"h13": "127.0.0.13", "h97": "127.0.0.97"}
     assert res["h13"].hostname == res["h97"].hostname  # same machine: hostname cannot tell them apart
+
+
+def test_small_files_pids_and_tails_go_through_the_kept_shell_and_only_log_pulls_start_sftp(
+        sshd_cluster, tmp_path):
+    # sshd starts sftp-server through the login shell (~/.bashrc again) on a stock server
+    t = sshd_cluster.transport("h13")
+    try:
+        ops = HostOps(t, workdir=str(tmp_path / "w"))
+        ops.write_files([("run/a.sh", "echo hello from a\nexec sleep 30\n", 0o755), ("conf/x.yaml", "k: v\n", 0o644)])
+        pid = ops.start_detached("run/a.sh", "logs/a.log", "run/a.pid")
+        assert ops.read_pid("run/a.pid") == pid
+        assert ops.process_states([pid]) == {pid: "running"}
+        deadline = time.monotonic() + 5
+        while "hello" not in ops.tail("logs/a.log", 5) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ops.tail("logs/a.log", 5) == "hello from a\n"
+        ops.stop_group(pid, grace_s=2)
+        assert ops.read_exit_code("run/a.exit") is not None
+        assert not t.sftp_started
+        assert ops.read_from("logs/a.log").startswith(b"hello from a\n")  # a log pull: SFTP
+        assert t.sftp_started
+    finally:
+        t.close()
