@@ -39,6 +39,18 @@ def _cpu() -> float:
     return t.user + t.system
 
 
+def _machine_cpu() -> float:
+    """CPU seconds every process of this machine has used (user + system), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    user, nice, system = fields[0], fields[1], fields[2]
+    irq, softirq = (fields[5], fields[6]) if len(fields) > 6 else (0, 0)
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def _raise_timeout(signum, frame):
     raise TimeoutError("bench exceeded its time budget")
 
@@ -85,10 +97,11 @@ def measure(cluster: SshdCluster, aliases: list[str], workdir: str, pids: list[i
     _close(ops)
     # cold status: a fresh CLI invocation of `status`
     ops = _ops(cluster, aliases, workdir)
-    c0, t0 = _cpu(), time.monotonic()
+    m0, c0, t0 = _machine_cpu(), _cpu(), time.monotonic()
     r = run_parallel(ops, lambda o: status_like(o, pids, log))
     out["cold_status"] = time.monotonic() - t0
     out["cold_status_client_cpu"] = _cpu() - c0
+    out["cold_status_host_cpu"] = _machine_cpu() - m0 - out["cold_status_client_cpu"]
     _check(r, "status")
     _close(ops)
     return out
@@ -144,6 +157,7 @@ def main() -> int:
                 "connect_mean": "mean connect per host",
                 "cold_facts_client_cpu": "client CPU, connect+facts",
                 "cold_status_client_cpu": "client CPU, connect+status",
+                "cold_status_host_cpu": "hosts' CPU, connect+status",
             }
             for k, label in labels.items():
                 r = med[16][k] / med[2][k]
@@ -162,6 +176,12 @@ def main() -> int:
             print("\nAll 18 sshd and their remote shells share this machine's CPUs: remote work per host "
                   "(login shell reading ~/.bashrc, python for versions) adds up here, while on a real "
                   "cluster it runs on each host. The client CPU rows are what the orchestrator itself spends.")
+            ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            floor16 = (med[16]["cold_status_host_cpu"] + med[16]["cold_status_client_cpu"]) / ncpu
+            print(f"\nconnect + status on 16 hosts needs {med[16]['cold_status_host_cpu']:.2f} s of the hosts' CPU "
+                  f"(sshd handshakes, login shells) and {med[16]['cold_status_client_cpu']:.2f} s of the client's: "
+                  f"on {ncpu} CPUs, at least {floor16:.2f} s = {floor16 / med[2]['cold_status']:.1f}x the 2-host time, "
+                  f"whatever the client does. Separate hosts would each do their share in parallel.")
             ratio = med[16]["cold_facts"] / med[2]["cold_facts"]
             print(f"\nRATIO preflight-like 16/2 = {ratio:.2f}x, status-like 16/2 = "
                   f"{med[16]['cold_status'] / med[2]['cold_status']:.2f}x (target <= 1.5x)")

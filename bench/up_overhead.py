@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -81,10 +82,17 @@ def own_startup(inv_path: Path) -> float:
     return total
 
 
+CLIENT_CPU: list[float] = []  # CPU seconds of each `up` process (user + system)
+
+
 def orchestrate(args: list[str], env: dict[str, str], cwd: str) -> float:
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, str(ROOT / "orchestrate.py"), *args], env=env, cwd=cwd, capture_output=True, text=True)
     took = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if args[0] == "up":
+        CLIENT_CPU.append(ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime)
     if r.returncode != 0:
         raise RuntimeError(f"orchestrate {' '.join(args)} failed: {r.stderr}{r.stdout}")
     return took
@@ -97,6 +105,7 @@ def measure(name: str, inv_path: Path, ssh_config: Path | None) -> None:
     if ssh_config:
         env["ORCHESTRATE_SSH_CONFIG"] = str(ssh_config)
     own, ups, ups_pf = [], [], []
+    CLIENT_CPU.clear()
     for _ in range(ROUNDS):
         own.append(own_startup(inv_path))
         time.sleep(0.3)
@@ -106,7 +115,8 @@ def measure(name: str, inv_path: Path, ssh_config: Path | None) -> None:
         orchestrate(["down", "--no-collect"], env, work)
     o, u, up = sorted(own)[1], sorted(ups)[1], sorted(ups_pf)[1]
     print(f"{name:<10} own startup {o:6.2f} s | up {u:6.2f} s  ratio {u / o:5.2f}  overhead {u - o:+.2f} s | "
-          f"up+preflight {up:6.2f} s  overhead {up - o:+.2f} s   (median of {ROUNDS})")
+          f"up+preflight {up:6.2f} s  overhead {up - o:+.2f} s   (median of {ROUNDS}); "
+          f"orchestrate's own CPU per up: {sorted(CLIENT_CPU)[len(CLIENT_CPU) // 2]:.2f} s")
     shutil.rmtree(work, ignore_errors=True)
 
 
