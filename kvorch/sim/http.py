@@ -44,8 +44,10 @@ class Headers(dict):
 
 class Request:
     def __init__(self, method: str, target: str, version: str, headers: Headers, body: bytes,
-                 peer: Any, writer: asyncio.StreamWriter):
-        self.received = time.perf_counter()  # when the whole request had arrived
+                 peer: Any, writer: asyncio.StreamWriter, arrived: float | None = None):
+        #: when the request's head had arrived: the server's clock (queueing, prefill) starts
+        #: here, so reading the body and parsing it count as the server's own time
+        self.received = arrived if arrived is not None else time.perf_counter()
         self.method = method
         parts = urlsplit(target)
         self.path = parts.path or "/"
@@ -241,6 +243,7 @@ class Server:
             return None
         except asyncio.LimitOverrunError:
             raise HTTPError(413, "header too large") from None
+        arrived = time.perf_counter()
         lines = head.decode("latin-1").split("\r\n")
         try:
             method, target, version = lines[0].split(" ", 2)
@@ -261,7 +264,7 @@ class Server:
             if n > MAX_BODY:
                 raise HTTPError(413, "body too large")
             body = await reader.readexactly(n) if n else b""
-        return Request(method.upper(), target, version, headers, body, peer, writer)
+        return Request(method.upper(), target, version, headers, body, peer, writer, arrived)
 
     @staticmethod
     async def _read_chunked(reader) -> bytes:
