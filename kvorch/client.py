@@ -77,7 +77,8 @@ class RequestRecord(BaseModel):
     send_wait_s: float | None = Field(
         None,
         description="call → the request's first byte on the wire (waiting for a pooled "
-        "connection, connecting, building the request); not part of ttft/e2e",
+        "connection, connecting, building the request); not part of ttft/e2e; None when the "
+        "request never went out (then e2e counts from the call)",
     )
     ttft_s: float | None = Field(
         None, description="request on the wire → the first non-empty content chunk"
@@ -201,13 +202,14 @@ def _error_message(obj: Any) -> str | None:
 class _Progress:
     """Mutable state of one streaming request, kept outside the timed-out coroutine."""
 
-    __slots__ = ("t_call", "t0", "wall0", "last", "text", "itl", "ttft", "chunks", "usage", "finish", "rid",
+    __slots__ = ("t_call", "t0", "wall0", "sent", "last", "text", "itl", "ttft", "chunks", "usage", "finish", "rid",
                  "http")
 
     def __init__(self) -> None:
         self.t_call = time.perf_counter()
         self.t0 = self.t_call  # moved to when the request goes on the wire, see trace()
         self.wall0 = time.time()
+        self.sent = False
         self.last: float | None = None
         self.text: list[str] = []
         self.itl: list[float] = []
@@ -225,6 +227,7 @@ class _Progress:
         if event.endswith("send_request_headers.started"):
             self.t0 = time.perf_counter()
             self.wall0 = time.time()
+            self.sent = True
 
 
 async def _stream(
@@ -346,7 +349,7 @@ async def send(
     except Exception as e:  # noqa: BLE001 - a record, never an exception, whatever went wrong
         status, error = "error", f"{type(e).__name__}: {e}"
     e2e = time.perf_counter() - p.t0
-    send_wait = p.t0 - p.t_call
+    send_wait = p.t0 - p.t_call if p.sent else None  # never on the wire: all of it is in e2e
 
     usage = p.usage or {}
     prompt_tokens = usage.get("prompt_tokens")

@@ -180,23 +180,27 @@ print(json.dumps(out))
 #: the most bytes :meth:`HostOps.write_files` sends through the kept shell (base64 in a heredoc,
 #: inside one ``bash -c`` argument: Linux caps a single argument at 128 KiB)
 SHELL_WRITE_MAX = 64 * 1024
+_SHELL_SCRIPT_MAX = 120_000
 
 
 def _write_files_script(parents: list[str], blobs: list[tuple[str, bytes, int]]) -> str:
     """A bash script writing each file atomically from base64 (whose alphabet cannot contain
-    the heredoc's end marker): temporary file beside the target, chmod, rename."""
-    lines = ["set -e"]
+    the heredoc's end marker): temporary file beside the target, chmod, rename; on any failure
+    the temporary files are removed and the script exits non-zero."""
+    lines = ["set -e", "tmps=()", 'trap \'rm -f -- "${tmps[@]}"\' EXIT']
     if parents:
         lines.append("mkdir -p -- " + " ".join(qpath(d) for d in parents))
     lines.append("umask 077")  # a temporary file is private until its mode is set
     for path, data, mode in blobs:
         d, base = posixpath.split(path)
-        tmp = posixpath.join(d, f".{base}.kvorch-{uuid.uuid4().hex[:8]}")
-        lines.append(f"base64 -d > {qpath(tmp)} <<'KVORCH_B64_END'")
+        tmp = qpath(posixpath.join(d, f".{base}.kvorch-{uuid.uuid4().hex[:8]}"))
+        lines.append(f"tmps+=({tmp})")
+        lines.append(f"base64 -d > {tmp} <<'KVORCH_B64_END'")
         encoded = base64.b64encode(data).decode()
         lines.extend(encoded[i:i + 76] for i in range(0, len(encoded), 76))
         lines.append("KVORCH_B64_END")
-        lines.append(f"chmod {mode:o} -- {qpath(tmp)} && mv -f -- {qpath(tmp)} {qpath(path)}")
+        lines.append(f"chmod {mode:o} -- {tmp}")
+        lines.append(f"mv -fT -- {tmp} {qpath(path)}")
     return "\n".join(lines) + "\n"
 
 
@@ -271,12 +275,20 @@ class HostOps:
     def write_files(self, files: Iterable[tuple[str, str | bytes, int]]) -> None:
         """Several files, each atomically (a temporary file beside it, then a rename). Small sets
         over SSH: one round trip through the kept shell, the bytes base64-encoded (no shell
-        interprets them). Otherwise one ``mkdir -p`` for all parents, then one upload each."""
+        interprets them). Private files (no group/other permission: secrets) never go that way,
+        since a command line is visible to the host's other users while it runs; they, big sets,
+        and every file of a local host: one ``mkdir -p`` for all parents, then one upload each."""
         blobs = [(self.path(p), c.encode() if isinstance(c, str) else c, m) for p, c, m in files]
-        parents = sorted({posixpath.dirname(p) for p, _, _ in blobs} - {""})
-        if self.small_via_shell and sum(len(b) for _, b, _ in blobs) <= SHELL_WRITE_MAX:
-            self.run(_write_files_script(parents, blobs), check=True, what="write files")
+        if not blobs:
             return
+        parents = sorted({posixpath.dirname(p) for p, _, _ in blobs} - {""})
+        if self.small_via_shell:
+            private = [b for b in blobs if not b[2] & 0o077]
+            public = [b for b in blobs if b[2] & 0o077]
+            script = _write_files_script(parents, public)
+            if sum(len(b) for _, b, _ in public) <= SHELL_WRITE_MAX and len(script.encode()) <= _SHELL_SCRIPT_MAX:
+                self.run(script, check=True, what="write files")
+                blobs, parents = private, []
         self.mkdirs(*parents)
         for p, b, m in blobs:
             self.t.put_bytes(p, b, m)
@@ -288,11 +300,16 @@ class HostOps:
             return None
 
     def _read_small(self, path: str) -> str | None:
-        """The first 4 KiB of a small text file (pidfile, exit code); None when it is missing."""
+        """The first 4 KiB of a small text file (pidfile, exit code); None when it is missing or
+        not a readable file."""
         if not self.small_via_shell:
-            data = self.read_file(path)
+            try:
+                data = self.read_file(path)
+            except OSError:
+                return None
             return None if data is None else data[:4096].decode(errors="replace")
-        res = self.run(f"head -c 4096 -- {qpath(self.path(path))} 2>/dev/null")
+        full = qpath(self.path(path))
+        res = self.run(f"[ -f {full} ] && head -c 4096 -- {full} 2>/dev/null")
         return res.stdout if res.ok else None
 
     def read_from(self, path: str, offset: int = 0, limit: int | None = None) -> bytes:
@@ -312,14 +329,15 @@ class HostOps:
         return int(out) if res.ok and out.isdigit() else None
 
     def tail(self, path: str, n: int = 50) -> str:
-        """The last ``n`` lines ('' when the file does not exist). Read through the transport's
-        file access (SFTP): no remote shell is started."""
+        """The last ``n`` lines ('' when the file does not exist): ``tail`` in the kept shell over
+        SSH (see ``small_via_shell``), the file's end read directly otherwise."""
         n = int(n)
         if n <= 0:
             return ""
         full = self.path(path)
         if self.small_via_shell:
-            return self.run(f"[ -f {qpath(full)} ] && tail -n {n} -- {qpath(full)}").stdout
+            text = self.run(f"[ -f {qpath(full)} ] && tail -n {n} -- {qpath(full)}").stdout
+            return "".join(text.splitlines(keepends=True)[-n:])  # lines as below (\r ends one too)
         want = 16384
         while True:
             try:
@@ -399,9 +417,9 @@ class HostOps:
         return self.process_states([pid], pgid=pgid)[_pid(pid)]
 
     def process_states(self, pids: Iterable[int], pgid: int | None = None) -> dict[int, ProcState]:
-        """Many pids at once. Reads ``/proc/PID/stat`` and ``/proc/PID/cmdline`` through the
-        transport's file access (SFTP: no remote shell, a few ms); falls back to one shell
-        round trip if that access fails."""
+        """Many pids at once, from ``/proc/PID/stat`` and ``/proc/PID/cmdline``: one round trip
+        of the kept shell over SSH (see ``small_via_shell``), direct reads on a local host
+        (falling back to the shell if those fail)."""
         pids = [_pid(p) for p in pids]
         if not pids:
             return {}

@@ -23,6 +23,7 @@ or ``chatcmpl-abc-<8 hex>``; ``VLLM_DISABLE_REQUEST_ID_RANDOMIZATION=1`` drops t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -683,14 +684,15 @@ class Engine:
             if chat_first is not None:
                 for i in range(len(gens)):
                     await send(chat_first(i))
-            async for i, ev in events():
-                per[i] = ev
-                usage = None
-                if continuous:
-                    usage = self._usage({"prompt_tokens": ev.prompt_tokens,
-                                         "completion_tokens": ev.completion_tokens,
-                                         "cached": ev.cached_tokens})
-                await send(chunk(i, ev.text, ev.finish, usage))
+            async with contextlib.aclosing(events()) as evs:
+                async for i, ev in evs:
+                    per[i] = ev
+                    usage = None
+                    if continuous:
+                        usage = self._usage({"prompt_tokens": ev.prompt_tokens,
+                                             "completion_tokens": ev.completion_tokens,
+                                             "cached": ev.cached_tokens})
+                    await send(chunk(i, ev.text, ev.finish, usage))
             for ev in per.values():
                 totals["prompt_tokens"] += ev.prompt_tokens
                 totals["completion_tokens"] += ev.completion_tokens

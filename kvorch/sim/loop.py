@@ -44,14 +44,9 @@ else:  # pragma: no cover - not Linux: the platform's default loop
 
 
 def run_precise(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(main)`` on a loop with precise timers."""
-    if hasattr(asyncio, "Runner"):
-        with asyncio.Runner(loop_factory=new_loop) as runner:
-            return runner.run(main)
-    loop = new_loop()  # pragma: no cover - Python 3.10
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(main)
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    """``asyncio.run(main)`` on a loop with precise timers (Python 3.11+; on 3.10, the default
+    loop)."""
+    if not hasattr(asyncio, "Runner"):  # pragma: no cover - Python 3.10
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(main)

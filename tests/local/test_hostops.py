@@ -254,18 +254,29 @@ def test_write_files_is_byte_exact_replaces_atomically_and_leaves_no_temporary_f
     every_byte = bytes(range(256)) * 3
     nasty = "KVORCH_B64_END\n$(touch pwned) `touch pwned` 'quote' \"dq\" \\ end"
     big = os.urandom(SHELL_WRITE_MAX + 1)  # over the limit: the transport's file access
-    any_ops.write_files([("d/every byte", every_byte, 0o600), ("d/x'; touch pwned #", nasty, 0o755),
-                         ("d/big.bin", big, 0o644)])
+    any_ops.write_files([("d/every byte", every_byte, 0o644), ("d/x'; touch pwned #", nasty, 0o755)])
+    any_ops.write_files([("d/big.bin", big, 0o644), ("d/secret", b"TOKEN=1\n", 0o600)])
     d = tmp_path / "work" / "d"
     assert (d / "every byte").read_bytes() == every_byte
     assert (d / "x'; touch pwned #").read_text() == nasty
     assert (d / "big.bin").read_bytes() == big
-    assert stat.S_IMODE((d / "every byte").stat().st_mode) == 0o600
+    assert (d / "secret").read_bytes() == b"TOKEN=1\n"
+    assert stat.S_IMODE((d / "every byte").stat().st_mode) == 0o644
     assert stat.S_IMODE((d / "x'; touch pwned #").stat().st_mode) == 0o755
-    any_ops.write_files([("d/every byte", b"new", 0o644)])
+    assert stat.S_IMODE((d / "secret").stat().st_mode) == 0o600
+    any_ops.write_files([("d/every byte", b"new", 0o640)])
     assert (d / "every byte").read_bytes() == b"new"
-    assert sorted(p.name for p in d.iterdir()) == ["big.bin", "every byte", "x'; touch pwned #"]
+    assert stat.S_IMODE((d / "every byte").stat().st_mode) == 0o640
+    assert sorted(p.name for p in d.iterdir()) == ["big.bin", "every byte", "secret", "x'; touch pwned #"]
     assert not list(tmp_path.rglob("pwned"))
+
+
+def test_write_files_that_cannot_complete_fail_and_leave_no_temporary_files(any_ops, tmp_path):
+    (tmp_path / "work" / "d" / "taken").mkdir(parents=True)  # a directory where a file should go
+    with pytest.raises((CommandError, OSError)):
+        any_ops.write_files([("d/ok", "fine", 0o644), ("d/taken", "x", 0o644)])
+    assert (tmp_path / "work" / "d" / "taken").is_dir() and not list((tmp_path / "work" / "d" / "taken").iterdir())
+    assert not [p.name for p in (tmp_path / "work" / "d").iterdir() if ".kvorch-" in p.name]
 
 
 def test_remove_tree_stays_inside_the_workdir(any_ops, tmp_path):

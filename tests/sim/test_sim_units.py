@@ -3,6 +3,8 @@
 import asyncio
 import time
 
+import pytest
+
 from kvorch.sim.args import parse_args
 from kvorch.sim.hashing import chain_hashes, hash_seed
 from kvorch.sim.kv import Entry, PrefixCache, Tier, resolve_model_shape
@@ -107,3 +109,16 @@ def test_precise_loop_serves_sockets_and_timers_and_never_wakes_early() -> None:
     got, late = run_precise(main())
     assert got == b"ping\n"
     assert all(x >= 0 for x in late), late
+
+
+def test_the_simulator_runs_on_the_precise_selector() -> None:
+    import selectors
+
+    from kvorch.sim.loop import run_precise
+
+    async def which() -> str:
+        return type(asyncio.get_running_loop()._selector).__name__  # type: ignore[attr-defined]
+
+    if not hasattr(selectors, "EpollSelector"):
+        pytest.skip("no epoll on this platform: the default loop is used")
+    assert run_precise(which()) == "PreciseEpollSelector"

@@ -243,10 +243,12 @@ async def _drive(wb: Workbench, pre: Any, dec: Any, pipes: list[Pipeline], p: Pa
                     return
                 t_dec = time.perf_counter()
                 pl.decode = await send(dec, pl.decode_prompt, p.max_tokens, "decode", pl, extra)
+                # the decode's own clock starts when it goes on the wire: add its wait for that
+                until_sent = (t_dec - t0) + (pl.decode.send_wait_s or 0.0)
                 if pl.decode.ttft_s is not None:
-                    pl.pipeline_ttft_s = (t_dec - t0) + pl.decode.ttft_s
+                    pl.pipeline_ttft_s = until_sent + pl.decode.ttft_s
                 if pl.decode.e2e_s is not None:
-                    pl.pipeline_e2e_s = (t_dec - t0) + pl.decode.e2e_s
+                    pl.pipeline_e2e_s = until_sent + pl.decode.e2e_s
                 if p.local_baseline and pl.decode.ok and remaining() > 0:
                     pl.local = await send(dec, pl.decode_prompt, 1, "local_baseline", pl, None)
             finally:
