@@ -9,6 +9,7 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 # System packages: OpenSSH (the tests start their own sshd's on 127.0.0.13/97), ss, Chromium (report check).
 missing=()
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+[ -x /usr/lib/openssh/sftp-server ] || missing+=(openssh-sftp-server)  # the stock SFTP server, started via the login shell
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v ss >/dev/null || missing+=(iproute2)
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)

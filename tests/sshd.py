@@ -128,7 +128,9 @@ class SshdCluster:
     """N sshd processes on loopback addresses sharing one state dir, one client key, one port."""
 
     def __init__(self, state_dir: str | os.PathLike, hosts: dict[str, str] | None = None,
-                 port: int | None = None, user: str | None = None):
+                 port: int | None = None, user: str | None = None, sftp_subsystem: str | None = None):
+        #: the ``Subsystem sftp`` command (default: the external sftp-server, else internal-sftp)
+        self.sftp_subsystem = sftp_subsystem or (SFTP_SERVER if os.path.exists(SFTP_SERVER) else "internal-sftp")
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.spec = dict(hosts or SEED_HOSTS)
@@ -174,7 +176,7 @@ class SshdCluster:
                 "PasswordAuthentication no",
                 "PubkeyAuthentication yes",
                 "PermitRootLogin prohibit-password",
-                f"Subsystem sftp {SFTP_SERVER if os.path.exists(SFTP_SERVER) else 'internal-sftp'}",
+                f"Subsystem sftp {self.sftp_subsystem}",
                 "MaxStartups 100",
                 "AllowTcpForwarding yes",
                 "UseDNS no",

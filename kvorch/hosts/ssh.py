@@ -404,9 +404,14 @@ class SshTransport:
             assert self._conn is not None
             try:
                 self._sftp = self._conn.client.open_sftp()
-            except (paramiko.SSHException, EOFError) as exc:
-                raise HostUnreachable(f"{self.name}: cannot start SFTP (is `Subsystem sftp` configured "
-                                      f"in the host's sshd_config?): {exc}", host=self.settings.hostname) from exc
+            except (paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:
+                raise HostUnreachable(
+                    f"{self.name}: cannot start SFTP ({type(exc).__name__}: {exc}). sshd starts the SFTP "
+                    f"server through your login shell: if ~/.bashrc (or conda/pyenv init) prints "
+                    f"anything when not interactive, SFTP breaks; make it return early then (first line: "
+                    f"[[ $- == *i* ]] || return). Or the host's sshd_config has no `Subsystem sftp`. "
+                    f"Commands work without SFTP; pulling logs needs it.",
+                    host=self.settings.hostname) from exc
         return self._sftp
 
     def put_bytes(self, remote_path: str, data: bytes, mode: int = 0o644) -> None:

@@ -254,3 +254,23 @@ def test_small_files_pids_and_tails_go_through_the_kept_shell_and_only_log_pulls
         assert t.sftp_started
     finally:
         t.close()
+
+
+def test_a_login_shell_that_prints_breaks_only_sftp_and_the_error_says_how_to_fix_it(tmp_path):
+    from sshd import SFTP_SERVER, SshdCluster, sshd_unavailable_reason
+
+    if sshd_unavailable_reason() or not os.path.exists(SFTP_SERVER):
+        pytest.skip(sshd_unavailable_reason() or f"{SFTP_SERVER} is not installed")
+    # sshd runs the subsystem through the login shell: this is what an `echo` in ~/.bashrc does
+    cluster = SshdCluster(tmp_path / "sshd", {"noisy": "127.0.0.40"},
+                          sftp_subsystem=f"echo Welcome; exec {SFTP_SERVER}").start()
+    t = cluster.transport("noisy")
+    try:
+        ops = HostOps(t, workdir=str(tmp_path / "w"))
+        ops.write_files([("run/a.sh", "echo hi\n", 0o755)])  # commands and small files: fine
+        assert ops.tail("run/a.sh", 1) == "echo hi\n"
+        with pytest.raises(HostUnreachable, match=r"~/.bashrc.*\[\[ \$- == \*i\* \]\] \|\| return"):
+            ops.read_from("run/a.sh")  # a log pull needs SFTP
+    finally:
+        t.close()
+        cluster.stop()
