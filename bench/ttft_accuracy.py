@@ -32,6 +32,7 @@ from kvorch.scenarios.prompts import nonce, text_of_words  # noqa: E402
 
 N = 30
 PREFILL_MS = 0.1
+DECODE_MS = 2.0
 
 
 def free_port() -> int:
@@ -40,21 +41,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def measure(base: str, n: int) -> list[tuple[float, int]]:
-    out = []
+async def measure(base: str, n: int) -> tuple[list[tuple[float, int]], list[float]]:
+    out, itl = [], []
     async with httpx.AsyncClient(trust_env=False) as c:
         await oa.send(c, "sim", base, "m", prompt="warm up", max_tokens=2)
         for i in range(n):
-            r = await oa.send(c, "sim", base, "m", prompt=nonce() + text_of_words(600 + 37 * i, i), max_tokens=4)
+            r = await oa.send(c, "sim", base, "m", prompt=nonce() + text_of_words(600 + 37 * i, i), max_tokens=4,
+                              extra_body={"ignore_eos": True})
             if r.ok and r.ttft_s and r.prompt_tokens:
                 out.append((r.ttft_s, r.prompt_tokens))
-    return out
+                itl.extend(r.itl_s)
+    return out, itl
 
 
 def main() -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "kvorch.sim.engine", "--model", "m", "--port", str(port),
-                             "--sim-prefill-ms-per-token", str(PREFILL_MS)], stdout=subprocess.DEVNULL,
+                             "--sim-prefill-ms-per-token", str(PREFILL_MS),
+                             "--sim-ms-per-output-token", str(DECODE_MS)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONHASHSEED": "0"})
     try:
         deadline = time.monotonic() + 20
@@ -64,7 +68,7 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.02)
-        rows = asyncio.run(asyncio.wait_for(measure(f"http://127.0.0.1:{port}/v1", N), 60))
+        rows, itl = asyncio.run(asyncio.wait_for(measure(f"http://127.0.0.1:{port}/v1", N), 60))
     finally:
         proc.terminate()
         proc.wait(10)
@@ -73,6 +77,10 @@ def main() -> None:
     print(f"{len(rows)} cold requests, configured prefill median {configured:.1f} ms")
     print(f"client TTFT − configured: median {statistics.median(diffs_ms):+.2f} ms, "
           f"p90 {diffs_ms[int(0.9 * (len(diffs_ms) - 1))]:+.2f} ms, min {diffs_ms[0]:+.2f} ms (target: median ≤ 2 ms)")
+    itl_ms = sorted(1000 * x - DECODE_MS for x in itl)
+    if itl_ms:
+        print(f"client inter-token latency − configured decode step ({DECODE_MS:g} ms), {len(itl_ms)} gaps: "
+              f"median {statistics.median(itl_ms):+.2f} ms, p90 {itl_ms[int(0.9 * (len(itl_ms) - 1))]:+.2f} ms")
 
 
 if __name__ == "__main__":
