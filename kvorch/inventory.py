@@ -230,12 +230,6 @@ class Inventory(EnvMixin):
     def is_secret(self, name: str) -> bool:
         return bool(SECRET_NAME.search(name)) or name in self.secret_env
 
-    def engine_by_name(self, name: str) -> EngineSpec:
-        for e in self.engines:
-            if e.name == name:
-                return e
-        raise KeyError(name)
-
 
 # ------------------------------------------------------------------------------------------------
 # Loading with positions: every message names FILE:LINE and the field path.

@@ -660,11 +660,6 @@ class Sampler:
         with self._lock:
             return list(self._samples)
 
-    def last_snapshots(self) -> dict[str, Snapshot]:
-        """The most recent successful snapshot of each target."""
-        with self._lock:
-            return dict(self._last)
-
     # -- work
     def sample_once(
         self, client: httpx.Client, pool: ThreadPoolExecutor | None = None

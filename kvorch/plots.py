@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 _PLT: Any = None
 
@@ -265,10 +265,3 @@ def compare_headline(rows: Sequence[tuple[str, float | None, float | None]], lab
             ax.set_ylim(0, 1)
     fig.suptitle(f"{title}\nA = {labels[0]}   B = {labels[1]}", fontsize=10)
     return _save(fig, path)
-
-
-def groups_of(rows: Iterable[Mapping[str, Any]], key: str) -> dict[str, list[Mapping[str, Any]]]:
-    out: dict[str, list[Mapping[str, Any]]] = {}
-    for r in rows:
-        out.setdefault(str(r.get(key)), []).append(r)
-    return out

@@ -43,15 +43,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from . import http, logfmt
-from .loop import run_precise
 from .hashing import chain_hashes, describe_seed, hash_seed
-
-_CTL = ("__main__.py", 519, "lmcache.v1.api_server.__main__")
-_MGR = ("controller_manager.py", 534, "lmcache.v1.cache_controller.controller_manager")
-_REG = ("registration_controller.py", 163,
-        "lmcache.v1.cache_controller.controllers.registration_controller")
-_DEREG = ("registration_controller.py", 190,
-          "lmcache.v1.cache_controller.controllers.registration_controller")
+from .logfmt import LMC_CONTROLLER as _CTL
+from .logfmt import LMC_CONTROLLER_MANAGER as _MGR
+from .logfmt import LMC_DEREGISTER as _DEREG
+from .logfmt import LMC_REGISTER as _REG
+from .loop import run_precise
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, dict[str, Any]]:

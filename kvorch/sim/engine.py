@@ -36,11 +36,11 @@ from typing import AsyncIterator
 from .. import lmcache_config as lc
 from . import http, logfmt
 from .args import parse_args
-from .loop import run_precise
 from .hashing import chain_hashes, describe_seed, hash_seed
 from .kv import ModelShape, PrefixCache, model_max_len, resolve_model_shape
 from .latency import LatencyModel
 from .lmcache_sim import LMCacheSim, LookupResult
+from .loop import run_precise
 from .metrics import EngineMetrics
 from .tokenizer import Generator, Tokenizer, render_chat
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -439,10 +438,6 @@ class LMCacheSim:
         except (asyncio.TimeoutError, OSError, ValueError):
             return False
         return status == 200
-
-
-def new_event_id(prefix: str) -> str:
-    return prefix + str(uuid.uuid4())
 
 
 def dumps(obj: Any) -> str:

@@ -36,9 +36,9 @@ LMC_CONFIG_LOAD = ("utils.py", 198, "lmcache.integration.vllm.utils")
 LMC_NO_CONFIG = ("utils.py", 183, "lmcache.integration.vllm.utils")
 LMC_NO_CONFIG2 = ("utils.py", 187, "lmcache.integration.vllm.utils")
 LMC_CONTROLLER = ("__main__.py", 519, "lmcache.v1.api_server.__main__")
+LMC_CONTROLLER_MANAGER = ("controller_manager.py", 534, "lmcache.v1.cache_controller.controller_manager")
 LMC_REGISTER = ("registration_controller.py", 163, "lmcache.v1.cache_controller.controllers.registration_controller")
 LMC_DEREGISTER = ("registration_controller.py", 190, "lmcache.v1.cache_controller.controllers.registration_controller")
-LMC_P2P = ("p2p_backend.py", 1, "lmcache.v1.storage_backend.p2p_backend")
 LMC_SIM = ("sim", 0, "kvorch.sim")
 
 
