@@ -262,15 +262,9 @@ class HostOps:
             return
         self.run("mkdir -p -- " + " ".join(qpath(self.path(p)) for p in paths), check=True, what="mkdir")
 
-    def write_file(self, path: str, content: str | bytes, mode: int = 0o644, *, mkdir: bool = True) -> None:
-        """Write bytes verbatim (SFTP / plain IO: no shell sees the content), atomically."""
-        full = self.path(path)
-        if mkdir:
-            parent = posixpath.dirname(full)
-            if parent:
-                self.mkdirs(parent)
-        data = content.encode() if isinstance(content, str) else content
-        self.t.put_bytes(full, data, mode)
+    def write_file(self, path: str, content: str | bytes, mode: int = 0o644) -> None:
+        """One file, atomically, its directory created: see :meth:`write_files`."""
+        self.write_files([(path, content, mode)])
 
     def write_files(self, files: Iterable[tuple[str, str | bytes, int]]) -> None:
         """Several files, each atomically (a temporary file beside it, then a rename). Small sets
@@ -285,8 +279,9 @@ class HostOps:
         if self.small_via_shell:
             private = [b for b in blobs if not b[2] & 0o077]
             public = [b for b in blobs if b[2] & 0o077]
-            script = _write_files_script(parents, public)
-            if sum(len(b) for _, b, _ in public) <= SHELL_WRITE_MAX and len(script.encode()) <= _SHELL_SCRIPT_MAX:
+            script = (_write_files_script(parents, public)
+                      if sum(len(b) for _, b, _ in public) <= SHELL_WRITE_MAX else None)
+            if script is not None and len(script.encode()) <= _SHELL_SCRIPT_MAX:
                 self.run(script, check=True, what="write files")
                 blobs, parents = private, []
         self.mkdirs(*parents)
