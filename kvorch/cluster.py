@@ -9,132 +9,18 @@ started and exits non-zero.
 from __future__ import annotations
 
 import json
-import shlex
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
+from .errors import Interrupted, StartFailed, UserError
 from .nodes import Node, close_all, open_nodes
 from .plan import Plan, ProcessSpec
+from .processes import http_health, leftovers, not_running, observe, start_process, stop_all
 from .runstate import (ProcessState, HostState, RunState, clear_state, cluster_lock, load_state, new_run_id, now,
                        save_state)
 
 if TYPE_CHECKING:
     from .cli import Ctx
-
-#: env marker that identifies processes this tool started (checked before any signal is sent)
-MARKER = "ORCHESTRATE_PROCESS"
-
-
-def marker_value(plan: Plan, p: ProcessSpec) -> str:
-    return f"{plan.cluster}/{p.name}"
-
-
-# ------------------------------------------------------------------------------------------------
-# Health
-
-
-def http_health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
-    """http://…: a 2xx answer; tcp://host:port (a service with no health endpoint): it accepts.
-
-    The standard library's http.client, not httpx: `up` polls every 20 ms and must not pay
-    httpx's import (~0.2 s, it pulls in trio when installed) before the first probe."""
-    import http.client
-    import socket
-    from urllib.parse import urlsplit
-
-    if url.startswith("tcp://"):
-        host, _, port = url[len("tcp://"):].rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=timeout):
-                return True, "accepts connections"
-        except OSError as e:
-            return False, e.strerror or type(e).__name__
-
-    u = urlsplit(url)
-    if u.scheme == "https":
-        import ssl
-
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # a liveness probe: no data is exchanged
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(u.hostname or "", u.port, timeout=timeout,
-                                                                        context=ctx)
-    else:
-        conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=timeout)
-    try:
-        conn.request("GET", (u.path or "/") + (f"?{u.query}" if u.query else ""), headers={"Connection": "close"})
-        status = conn.getresponse().status
-    except (OSError, http.client.HTTPException) as e:
-        return False, type(e).__name__
-    finally:
-        conn.close()
-    return (200 <= status < 300), f"HTTP {status}"
-
-
-# ------------------------------------------------------------------------------------------------
-# What runs now
-
-
-@dataclass
-class Observed:
-    spec: ProcessSpec
-    pid: int | None
-    state: str  # running | dead | zombie | absent | foreign (pid reused by another process)
-    ours: bool
-    uptime_s: float | None = None
-    last_line: str | None = None
-
-
-def read_pid(node: Node, p: ProcessSpec) -> int | None:
-    return node.ops.read_pid(p.pid_path)
-
-
-def exit_path(p: ProcessSpec) -> str:
-    return p.pid_path[: -len(".pid")] + ".exit"
-
-
-def is_ours(node: Node, pid: int, plan: Plan, p: ProcessSpec) -> bool:
-    """The process carries our marker in its environment (a reused pid does not)."""
-    marker = shlex.quote(f"{MARKER}={marker_value(plan, p)}")
-    return node.ops.run(f"tr '\\0' '\\n' < /proc/{int(pid)}/environ 2>/dev/null | grep -qxF -- {marker}").ok
-
-
-def observe(plan: Plan, node: Node, *, last_lines: bool = False) -> dict[str, Observed]:
-    """State of every planned process on one host — pidfile, /proc state, our marker, uptime and
-    (optionally) the last log line — in one round trip."""
-    from .hosts.ops import PROC_STATE_FN
-
-    parts = [PROC_STATE_FN]
-    for p in node.plan.processes:
-        marker = shlex.quote(f"{MARKER}={marker_value(plan, p)}")
-        parts.append(f"""pid=$(head -c 32 -- {shlex.quote(node.path(p.pid_path))} 2>/dev/null | tr -dc 0-9)
-if [ -z "$pid" ]; then echo "P {p.name} - absent 0 -"; else
-  set -- $(_kv_state "$pid"); s=$1; ours=0
-  if [ "$s" = running ] && tr '\\0' '\\n' < /proc/$pid/environ 2>/dev/null | grep -qxF -- {marker}; then ours=1; fi
-  up=$(ps -o etimes= -p "$pid" 2>/dev/null | tr -dc 0-9); echo "P {p.name} $pid $s $ours ${{up:--}}"
-fi""")
-        if last_lines:
-            parts.append(f"printf 'L {p.name} '; tail -n 1 -- {shlex.quote(node.path(p.log_path))} 2>/dev/null | tr -d '\\n'; echo")
-    res = node.ops.run("\n".join(parts), check=True, what="process probe")
-    specs = {p.name: p for p in node.plan.processes}
-    out: dict[str, Observed] = {n: Observed(p, None, "absent", False) for n, p in specs.items()}
-    for line in res.stdout.splitlines():
-        kind, _, rest = line.partition(" ")
-        name, _, rest = rest.partition(" ")
-        if name not in specs:
-            continue
-        if kind == "P":
-            pid_s, state, ours_s, up_s = (rest.split() + ["-"] * 4)[:4]
-            pid = int(pid_s) if pid_s.isdigit() else None
-            ours = ours_s == "1"
-            if state == "running" and not ours:
-                state = "foreign"
-            out[name] = Observed(specs[name], pid, state, ours, float(up_s) if up_s.isdigit() else None)
-        elif kind == "L":
-            out[name].last_line = rest or None
-    return out
-
 
 # ------------------------------------------------------------------------------------------------
 # up
@@ -151,14 +37,6 @@ def _prepare(node: Node) -> None:
 
     for cmd in node.plan.prepare:
         node.ops.run(shell_argv(cmd), timeout=900, check=True, what=cmd[2] if len(cmd) > 2 else cmd[0])
-
-
-def start_process(node: Node, plan: Plan, p: ProcessSpec) -> int:
-    """Start one planned process detached, with our marker in its environment; its pid."""
-    return node.ops.start_detached(
-        script=node.path(p.launch_script), log_path=node.path(p.log_path), pid_path=node.path(p.pid_path),
-        cwd=node.workdir, env={MARKER: marker_value(plan, p)},
-    )
 
 
 def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[ProcessSpec], pids: dict[str, int],
@@ -184,7 +62,7 @@ def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[Proces
                     progress.update(tasks[name], completed=1, description=f"{name}: healthy")
                     del pending[name]
             if pending and time.monotonic() >= next_alive_check:
-                for name, st in _not_running(nodes, list(pending.values()), pids).items():
+                for name, st in not_running(nodes, list(pending.values()), pids).items():
                     failures[name] = f"exited during startup ({st})"
                     del pending[name]
                 next_alive_check = time.monotonic() + 1.0
@@ -197,30 +75,10 @@ def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[Proces
     # something else listening there answered the health check) is caught here, one round trip
     # per host. (One that dies later is `status`'s to find.)
     healthy = [p for p in procs if p.name not in failures]
-    for name, st in _not_running(nodes, healthy, pids).items():
+    for name, st in not_running(nodes, healthy, pids).items():
         failures[name] = (f"exited ({st}) although {plan.process(name).health_url} answers: "
                           f"another process serves that port")
     return failures
-
-
-def _not_running(nodes: dict[str, Node], procs: list[ProcessSpec], pids: dict[str, int]) -> dict[str, str]:
-    """Of ``procs``, those whose process is not running now (name → state): one round trip per
-    host, in parallel. A host that cannot answer counts as no news."""
-    from .hosts.parallel import run_parallel
-
-    by_host: dict[str, list[ProcessSpec]] = {}
-    for p in procs:
-        by_host.setdefault(p.host, []).append(p)
-    states = run_parallel(by_host, lambda ps: nodes[ps[0].host].ops.process_states([pids[p.name] for p in ps]))
-    out: dict[str, str] = {}
-    for host, st in states.items():
-        if isinstance(st, BaseException):
-            continue
-        for p in by_host[host]:
-            state = st.get(pids[p.name])  # type: ignore[union-attr]
-            if state != "running":
-                out[p.name] = str(state)
-    return out
 
 
 def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) -> int:
@@ -248,6 +106,18 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
             obs_all = {name: o for obs in observed.values() for name, o in obs.items()}  # type: ignore[union-attr]
             state = load_state(plan.cluster)
             running = {n for n, o in obs_all.items() if o.ours and o.state == "running"}
+            # Remains of ours that are not running as started (a group leader killed, an `up` killed
+            # with kill -9 before its engines were healthy): stop them before anything is started.
+            stale = {n: o for n, o in obs_all.items() if o.ours and o.state != "running"}
+            if stale:
+                for n, o in stale.items():
+                    con.print(f"[yellow]{n}[/] on {o.spec.host} is {o.state} ({o.detail}): stopping what is left of it")
+                res = stop_all(plan, nodes, list(stale), grace=5.0)
+                bad = [f"{n}: {r['result']}" for n, r in res.items() if str(r.get("result", "")).startswith(("error", "still"))]
+                if bad:
+                    raise UserError("cannot clean up what an earlier run left", details=bad,
+                                    hint="stop those processes by hand, then run `orchestrate up` again")
+                tp = phase("clean_stale", tp)
 
             # Already up with the same files: change nothing.
             if running == set(obs_all) and state is not None:
@@ -324,12 +194,18 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                         raise _StartFailed(plan.process(name), why, others=failures)
                     for p in todo:
                         state.processes[p.name].healthy_at = now()
-            except _StartFailed as e:
-                tail = nodes[e.spec.host].ops.tail(nodes[e.spec.host].path(e.spec.log_path), 30)
-                con.print(f"[bold red]{e.spec.name}[/] on {e.spec.host}: {e.reason}; last lines of {e.spec.log_path}:")
-                con.print(tail or "(empty log)", markup=False, highlight=False)
-                con.print(f"stopping what this `up` started: {', '.join(p.name for p in started) or 'nothing'}")
-                _stop(plan, nodes, [p.name for p in started], grace=5.0)
+            except (_StartFailed, KeyboardInterrupt) as e:
+                interrupted = isinstance(e, KeyboardInterrupt)
+                if isinstance(e, _StartFailed):
+                    tail = _safe_tail(nodes, e.spec)
+                    con.print(f"[bold red]{e.spec.name}[/] on {e.spec.host}: {e.reason}; last lines of {e.spec.log_path}:")
+                    con.print(tail or "(empty log)", markup=False, highlight=False)
+                # Everything this `up` may have started (a start still in flight when the interrupt
+                # came has no pid here yet: the marker finds it).
+                mine = [p.name for p in plan.processes() if p.name not in running]
+                con.print(("interrupted: " if interrupted else "")
+                          + f"stopping what this `up` started: {', '.join(p.name for p in started) or 'nothing yet'}")
+                stopped = _rollback(con, plan, nodes, mine, grace=5.0)
                 for p in started:
                     state.processes[p.name].stopped_at = now()
                 if not running:
@@ -337,9 +213,17 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                     save_state_only_run(state)
                 else:
                     save_state(state)
-                details = [f"{n}: {r}" for n, r in e.others.items() if n != e.spec.name]
-                raise UserError(f"{e.spec.name} on host {e.spec.host} failed: {e.reason}",
-                                hint=f"see the log above; `orchestrate logs {e.spec.name}`", details=details) from None
+                left = [f"{n}: {r['result']}" for n, r in stopped.items() if r.get("result", "").startswith(("error", "still"))]
+                if interrupted:
+                    raise Interrupted("up interrupted; stopped what it had started"
+                                      + (f" ({', '.join(n for n, r in stopped.items() if r.get('pids'))})"
+                                         if any(r.get("pids") for r in stopped.values()) else " (nothing had started)"),
+                                      details=left, stopped=stopped) from None
+                assert isinstance(e, _StartFailed)
+                details = [f"{n}: {r}" for n, r in e.others.items() if n != e.spec.name] + left
+                raise StartFailed(f"{e.spec.name} on host {e.spec.host} failed: {e.reason}",
+                                  hint=f"see the log above; `orchestrate logs {e.spec.name}`", details=details,
+                                  process=e.spec.name, host=e.spec.host, reason=e.reason, stopped=stopped) from None
             save_state(state)
         finally:
             close_all(nodes)
@@ -372,6 +256,27 @@ def save_state_only_run(state: RunState) -> None:
     write_json(state.run_dir() / "state.json", state.model_dump(mode="json"))
 
 
+def _safe_tail(nodes: dict[str, Node], p: ProcessSpec, n: int = 30) -> str:
+    try:
+        return nodes[p.host].ops.tail(nodes[p.host].path(p.log_path), n)
+    except Exception as e:  # noqa: BLE001 - the host may be the reason it failed
+        return f"(cannot read the log: {e})"
+
+
+def _rollback(con: Any, plan: Plan, nodes: dict[str, Node], names: list[str], grace: float) -> dict[str, dict[str, Any]]:
+    """Stop ``names`` (by marker and group: a start still in flight is found too). A second
+    interrupt skips the grace period, but the stop still runs to the end: nothing is left."""
+    while True:
+        try:
+            return stop_all(plan, nodes, names, grace, strict=False)
+        except KeyboardInterrupt:
+            if grace == 0:
+                con.print("still stopping (SIGKILL): nothing of this `up` will be left")
+            else:
+                con.print("second interrupt: stopping without the grace period (SIGKILL)")
+            grace = 0.0
+
+
 class _StartFailed(Exception):
     def __init__(self, spec: ProcessSpec, reason: str, others: dict[str, str] | None = None):
         super().__init__(reason)
@@ -382,42 +287,6 @@ class _StartFailed(Exception):
 
 # ------------------------------------------------------------------------------------------------
 # down
-
-
-def _stop(plan: Plan, nodes: dict[str, Node], names: list[str] | None, grace: float) -> dict[str, dict[str, Any]]:
-    """Stop our processes (all planned ones, or ``names``): engines first, then the controller.
-    A pid that no longer carries our marker is never signalled."""
-    from .hosts.parallel import run_parallel
-
-    observed: dict[str, Observed] = {}
-    for host, obs in run_parallel(nodes, lambda n: observe(plan, n)).items():
-        if isinstance(obs, BaseException):
-            raise UserError(f"host {host}: cannot read process state: {obs}")
-        observed.update(obs)  # type: ignore[arg-type]
-    results: dict[str, dict[str, Any]] = {}
-    for stage in reversed(plan.stages()):
-        todo = [p for p in stage if (names is None or p.name in names) and p.name in observed]
-
-        def stop_one(p: ProcessSpec) -> dict[str, Any]:
-            node, o = nodes[p.host], observed[p.name]
-            if o.pid is None:
-                return {"host": p.host, "pid": None, "result": "not started"}
-            if o.state == "foreign":
-                _forget(node, p)
-                return {"host": p.host, "pid": o.pid, "result": "pid now belongs to another process: left alone"}
-            if not o.ours:
-                _forget(node, p)
-                return {"host": p.host, "pid": o.pid, "result": "already stopped", "exit_code": node.ops.read_exit_code(exit_path(p))}
-            res = node.ops.stop_group(o.pid, grace, exit_path=exit_path(p))
-            _forget(node, p)
-            how = "not running" if res.signal is None else ("SIGKILL after grace" if res.forced else "SIGTERM")
-            if res.remaining:
-                how = f"still running after SIGKILL: {res.remaining}"
-            return {"host": p.host, "pid": o.pid, "result": how, "seconds": round(res.elapsed_s, 2), "exit_code": res.exit_code}
-
-        for name, r in run_parallel({p.name: p for p in todo}, stop_one).items():
-            results[name] = r if isinstance(r, dict) else {"result": f"error: {r}"}
-    return results
 
 
 def down_command(c: Ctx, plan: Plan, *, collect: bool = True, grace: float = 10.0) -> int:
@@ -432,8 +301,8 @@ def down_command(c: Ctx, plan: Plan, *, collect: bool = True, grace: float = 10.
             collect_mod.collect_command(c, plan, run_id=state.run_id, quiet=True)  # quiet: never raises
         nodes, errors = open_nodes(inv, plan, c.ssh_config, strict=False)
         try:
-            results = _stop(plan, nodes, None, grace)
-            leftovers = _leftovers(plan, nodes)
+            results = stop_all(plan, nodes, None, grace, strict=False)
+            left = leftovers(plan, nodes)
         finally:
             close_all(nodes)
         if state is not None:
@@ -448,36 +317,18 @@ def down_command(c: Ctx, plan: Plan, *, collect: bool = True, grace: float = 10.
         if not errors:
             clear_state(plan.cluster)
     if c.as_json:
-        c.emit_json({"stopped": results, "unreachable": {k: v.message for k, v in errors.items()}, "leftovers": leftovers})
+        c.emit_json({"stopped": results, "unreachable": {k: v.message for k, v in errors.items()}, "leftovers": left})
     else:
         for name, r in results.items():
             con.print(f"{name:>14} on {r.get('host', '?')}: {r['result']}" + (f" ({r['seconds']} s)" if "seconds" in r else ""))
         for host, e in errors.items():
             con.print(f"[red]{host}: unreachable, nothing stopped there:[/] {e.message}")
-        for item in leftovers:
+        for item in left:
             con.print(f"[red]still there:[/] {item}")
-        if not errors and not leftovers:
+        if not errors and not left:
             con.print(f"cluster [cyan]{plan.cluster}[/] is down: nothing of ours runs, every planned port is free")
-    return 1 if errors or leftovers else 0
-
-
-def _forget(node: Node, p: ProcessSpec) -> None:
-    node.ops.run(f"rm -f -- {shlex.quote(node.path(p.pid_path))}")
-
-
-def _leftovers(plan: Plan, nodes: dict[str, Node]) -> list[str]:
-    """Ports still held on any host after down (by anyone: the user needs to know)."""
-    from .hosts.parallel import run_parallel
-
-    def check(node: Node) -> list[str]:
-        owner = {port: p.name for p in node.plan.processes for port in p.ports}
-        held = node.ops.ports_in_use(list(owner), None)
-        return [f"{node.name}: port {port} ({owner[port]}) held by {holder}" for port, holder in sorted(held.items())]
-
-    out: list[str] = []
-    for host, r in run_parallel(nodes, check).items():
-        out.extend(r if isinstance(r, list) else [f"{host}: cannot check ports: {r}"])
-    return out
+    failed = any(str(r.get("result", "")).startswith(("error", "still")) for r in results.values())
+    return 1 if errors or left or failed else 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -494,10 +345,13 @@ def status_rows(plan: Plan, nodes: dict[str, Node]) -> list[dict[str, Any]]:
             p = o.spec
             row: dict[str, Any] = {"process": name, "host": p.host, "pid": o.pid, "port": p.port, "state": o.state,
                                    "health_url": p.health_url, "uptime_s": o.uptime_s if o.ours else None,
-                                   "last_log_line": strip_ansi(o.last_line).strip() if o.last_line else None}
-            if o.ours:
+                                   "last_log_line": strip_ansi(o.last_line).strip() if o.last_line else None,
+                                   "pgid": o.pgid, "server_pid": o.server_pid, "members": o.members,
+                                   "detail": o.detail or None}
+            if o.state == "running":
                 healthy, detail = http_health(p.health_url)
-                row["state"] = "running" if healthy else f"unhealthy ({detail})"
+                if not healthy:
+                    row["state"] = f"unhealthy ({detail})"
             rows.append(row)
         return rows
 
@@ -527,14 +381,15 @@ def status_command(c: Ctx, plan: Plan) -> int:
         from rich.table import Table
 
         t = Table(title=f"cluster {plan.cluster}" + (f" (run {state.run_id})" if state else ""), title_justify="left")
-        for col in ("process", "host", "pid", "port", "state", "uptime", "last log line"):
+        for col in ("process", "host", "pid", "serves", "port", "state", "uptime", "last log line"):
             t.add_column(col, overflow="fold")
         for r in rows:
             st = r["state"]
             colour = "green" if st == "running" else ("yellow" if st in ("absent",) else "red")
             up_s = r.get("uptime_s")
-            t.add_row(r["process"], r["host"], str(r.get("pid") or "-"), str(r.get("port") or "-"),
-                      f"[{colour}]{st}[/]", f"{up_s:.0f} s" if up_s is not None else "-",
+            shown = f"[{colour}]{st}[/]" + (f" [dim]{r['detail']}[/]" if r.get("detail") and st != "running" else "")
+            t.add_row(r["process"], r["host"], str(r.get("pid") or "-"), str(r.get("server_pid") or "-"),
+                      str(r.get("port") or "-"), shown, f"{up_s:.0f} s" if up_s is not None else "-",
                       (r.get("last_log_line") or r.get("error") or "")[:120])
         c.console().print(t)
     ok = all(r["state"] == "running" for r in rows)

@@ -28,3 +28,24 @@ class InventoryError(UserError):
 class RenderError(UserError):
     """A template or a rendered LMCache config is wrong."""
 
+
+
+class StartFailed(UserError):
+    """A process did not start or become healthy; what this ``up`` had started was stopped."""
+
+    def __init__(self, message: str, hint: str | None = None, *, details: list[str] | None = None,
+                 process: str = "", host: str = "", reason: str = "", stopped: dict | None = None):
+        super().__init__(message, hint, details=details)
+        self.process, self.host, self.reason = process, host, reason
+        self.stopped = stopped or {}
+
+
+class Interrupted(UserError):
+    """Ctrl-C or SIGTERM: what the interrupted command had started was stopped (``stopped``)."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, hint: str | None = None, *, details: list[str] | None = None,
+                 stopped: dict | None = None):
+        super().__init__(message, hint, details=details)
+        self.stopped = stopped or {}

@@ -190,9 +190,9 @@ def preflight_command(c: Ctx, plan: Plan) -> int:
 
     nodes, errors = open_nodes(c.inventory(), plan, c.ssh_config, strict=False)
     try:
-        from .cluster import observe
+        from .processes import observe
 
-        running = {n for node in nodes.values() for n, o in observe(plan, node).items() if o.ours and o.state == "running"}
+        running = {n for node in nodes.values() for n, o in observe(plan, node).items() if o.ours}
         checks = run_checks(c.inventory(), plan, nodes, skip_ports_of=running)
     finally:
         close_all(nodes)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .cluster import exit_path, http_health, is_ours, read_pid, start_process
+from .processes import describe_stop, http_health, observe, start_process, stop_process
 from .errors import UserError
 from .nodes import Node, close_all, open_nodes
 from .plan import Plan, ProcessSpec
@@ -108,15 +108,14 @@ def restart_processes(plan: Plan, nodes: dict[str, Node], names: Sequence[str], 
 
 
 def _stop_one(plan: Plan, node: Node, p: ProcessSpec, grace: float) -> dict[str, Any]:
-    pid = read_pid(node, p)
+    o = observe(plan, node)[p.name]
+    pid = o.pid
     out: dict[str, Any] = {"host": p.host, "old_pid": pid, "stopped": "not running"}
-    if pid is not None and node.ops.process_state(pid) == "running":
-        if not is_ours(node, pid, plan, p):
-            raise RestartError(f"{p.name}: pid {pid} is not a process this tool started; left alone")
-        res = node.ops.stop_group(pid, grace, exit_path=exit_path(p))
+    if o.ours:  # by marker and group: also when its group leader died and the server lives on
+        res = stop_process(plan, node, p, grace)
         if res.remaining:
             raise RestartError(f"{p.name}: still running after SIGKILL: {res.remaining}")
-        out["stopped"] = "SIGKILL after grace" if res.forced else ("SIGTERM" if res.signal else "not running")
+        out["stopped"] = describe_stop(res)
         out["stop_s"] = round(res.elapsed_s, 3)
     # keep the old log: start_detached truncates the log it writes to
     log = node.path(p.log_path)

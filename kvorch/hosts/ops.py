@@ -103,6 +103,134 @@ _kv_now() {
 """
 
 
+# Bash functions over /proc, no other program needed but grep (and ss, when present):
+#   _kv_marked M…      "M <marker> <pid> <state> <pgid>" for each process whose environ has a line M
+#   _kv_listeners P…   "S <port> <pid>" for each listening TCP socket on one of the ports P
+# ``_kv_mypg`` is the probing shell's own process group (never signalled).
+_MARKED_FN = r"""
+read -r _kv_l < /proc/$$/stat; _kv_r=${_kv_l##*) }; set -- $_kv_r; _kv_mypg=$3; set --
+_kv_marked() {
+  local a=() x f pid m line rest c
+  for x in "$@"; do a+=(-e "$x"); done
+  while IFS= read -r -d '' x; do
+    f=${x%%:*}; m=${x#*:}; pid=${f#/proc/}; pid=${pid%/environ}
+    [ "$pid" = "$$" ] && continue
+    read -r line 2>/dev/null < /proc/$pid/stat || continue
+    rest=${line##*) }; set -- $rest
+    case "$1" in Z|X|x) continue;; esac
+    c=; IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$pid/cmdline; [ -n "$c" ] || continue
+    echo "M $m $pid running $3"
+  done < <(grep -asHzxFo "${a[@]}" /proc/[0-9]*/environ 2>/dev/null)
+}
+_kv_groups() {  # "G <pgid> <pid>" for each live member of the groups given; their pids in $_kv_gm
+  local want=" $* " f line rest; _kv_gm=
+  [ $# -gt 0 ] || return 0
+  for f in /proc/[0-9]*/stat; do
+    read -r line 2>/dev/null < "$f" || continue
+    rest=${line##*) }; set -- $rest
+    case "$1" in Z|X|x) continue;; esac
+    case "$want" in *" $3 "*) f=${f#/proc/}; f=${f%/stat}; echo "G $3 $f"; _kv_gm="$_kv_gm $f";; esac
+  done
+}
+_kv_stat1() {  # "STATE PGID UPTIME_S" of one pid (dead - -)
+  local line rest c p=$1
+  read -r line 2>/dev/null < /proc/$p/stat || { echo "dead - -"; return; }
+  rest=${line##*) }; set -- $rest
+  case "$1" in Z|X|x) echo "zombie $3 -"; return;; esac
+  c=; IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$p/cmdline
+  [ -n "$c" ] || { echo "zombie $3 -"; return; }
+  echo "running $3 $(( _kv_up - ${20} / ${_kv_hz:-100} ))"
+}
+_kv_listeners() {  # raw listening sockets: ss lines ("S ..."), else /proc/net/tcp lines ("T ...")
+  if command -v ss >/dev/null 2>&1; then
+    ss -Hltnp 2>/dev/null | sed 's/^/S /'
+  else
+    cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | sed 's/^/T /'
+    local d=() x; for x in "$@"; do d+=("/proc/$x/fd/"); done
+    [ ${#d[@]} -gt 0 ] && find "${d[@]}" -maxdepth 1 -lname 'socket:*' -printf 'F %h %l\n' 2>/dev/null
+  fi
+}
+"""
+
+
+@dataclass
+class MarkedProcess:
+    """What a host says of one process of ours (see :meth:`HostOps.probe_marked`)."""
+
+    name: str
+    leader_pid: int | None = None  # from the pidfile
+    leader_state: str = "absent"  # running | zombie | dead | absent (no pidfile)
+    leader_pgid: int | None = None
+    leader_marked: bool = False  # the leader carries our marker (so its pid was not reused)
+    uptime_s: float | None = None
+    marked: dict[int, int] = field(default_factory=dict)  # live pid carrying the marker → its pgid
+    members: list[int] = field(default_factory=list)  # live pids that are ours: marked + their group members
+    listeners: dict[int, list[int]] = field(default_factory=dict)  # port → pids of ours listening there
+    last_line: str | None = None
+
+
+def _parse_marked(out: str, markers: Mapping[str, str], ports: Iterable[int] = ()) -> dict[str, MarkedProcess]:
+    by_marker = {v: k for k, v in markers.items()}
+    res = {n: MarkedProcess(n) for n in markers}
+    groups: dict[int, set[int]] = {}
+    listening: dict[int, set[int]] = {}  # pid → ports it listens on (of those wanted)
+    want = {int(p) for p in ports}
+    inode_port: dict[str, int] = {}
+    fds: list[tuple[int, str]] = []
+    for line in out.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "M":
+            parts = rest.split()
+            if len(parts) == 4 and parts[0] in by_marker and parts[1].isdigit() and parts[2] == "running":
+                pg = int(parts[3]) if parts[3].isdigit() else 0
+                res[by_marker[parts[0]]].marked[int(parts[1])] = pg
+        elif kind == "P":
+            parts = rest.split()
+            if len(parts) == 5 and parts[0] in res and parts[1].isdigit():
+                mp = res[parts[0]]
+                mp.leader_pid, mp.leader_state = int(parts[1]), parts[2]
+                mp.leader_pgid = int(parts[3]) if parts[3].isdigit() else None
+                mp.uptime_s = float(parts[4]) if parts[4].isdigit() else None
+        elif kind == "G":
+            parts = rest.split()
+            if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+                groups.setdefault(int(parts[0]), set()).add(int(parts[1]))
+        elif kind == "S":  # an ss line: "LISTEN 0 128 addr:port peer users:(("x",pid=N,fd=M),…)"
+            hp = _split_hostport(rest.split()[3]) if len(rest.split()) > 3 else None
+            if hp and hp[1] in want:
+                for pid in re.findall(r"pid=(\d+)", rest):
+                    listening.setdefault(int(pid), set()).add(hp[1])
+        elif kind == "T":  # a /proc/net/tcp line: listening sockets' inodes
+            parsed = _parse_proc_tcp_line(rest)
+            if parsed and parsed[1] in want and parsed[4]:
+                inode_port[parsed[4]] = parsed[1]
+        elif kind == "F":  # "F /proc/PID/fd socket:[INODE]"
+            d, _, link = rest.partition(" ")
+            pid_s = d.split("/")[2] if d.count("/") >= 3 else ""
+            inode = link.strip()[len("socket:["):-1]
+            if pid_s.isdigit():
+                fds.append((int(pid_s), inode))
+        elif kind == "L":
+            name, _, text = rest.partition(" ")
+            if name in res:
+                res[name].last_line = text or None
+    for pid, inode in fds:
+        if inode in inode_port:
+            listening.setdefault(pid, set()).add(inode_port[inode])
+    for mp in res.values():
+        mp.leader_marked = mp.leader_pid in mp.marked
+        if mp.leader_state != "running":
+            mp.leader_marked = False
+        members = set(mp.marked)
+        for pg in set(mp.marked.values()):
+            members |= groups.get(pg, set())
+        mp.members = sorted(members)
+        for pid in mp.members:
+            for port in listening.get(pid, ()):
+                mp.listeners.setdefault(port, []).append(pid)
+    return res
+
+
 @dataclass
 class StopResult:
     pgid: int
@@ -112,6 +240,7 @@ class StopResult:
     elapsed_s: float
     remaining: list[int] = field(default_factory=list)  # live pids left (should be empty)
     exit_code: int | None = None  # the script's exit status, when the wrapper recorded it
+    pids: list[int] = field(default_factory=list)  # the live processes found when the stop began
 
     @property
     def stopped(self) -> bool:
@@ -520,6 +649,101 @@ done
             elapsed_s=int(kv.get("elapsed_us", "0") or 0) / 1e6,
             remaining=[int(x) for x in kv.get("remaining", "").split() if x.isdigit()],
             exit_code=int(exit_s) if re.fullmatch(r"-?\d+", exit_s) else None,
+        )
+
+    # ---- processes by marker (the truth: a process of ours lives while anything carrying its
+    # marker, or any member of such a process's group, lives) -------------------------------------
+
+    def probe_marked(self, markers: Mapping[str, str], pidfiles: Mapping[str, str], ports: Iterable[int] = (),
+                     last_lines: Mapping[str, str] | None = None) -> dict[str, MarkedProcess]:
+        """One round trip: for each name, the leader recorded in its pidfile, every live process
+        whose environment carries ``markers[name]`` (an ``ENV=value`` line), every live member of
+        those processes' groups, which of them listens on ``ports``, and (optionally) the last
+        line of ``last_lines[name]``. A zombie (or empty cmdline) is dead."""
+        names = list(markers)
+        lines = [_MARKED_FN]
+        lines.append("_kv_m=$(_kv_marked " + " ".join(q(markers[n]) for n in names) + ')\necho "$_kv_m"')
+        lines.append('_kv_pgs=" $(echo "$_kv_m" | while read -r k _ _ st pg; do echo -n "$pg "; done)"')
+        lines.append("_kv_groups $_kv_pgs")
+        lines.append("read -r _kv_up _ < /proc/uptime; _kv_up=${_kv_up%.*}")
+        for n in names:
+            if n in pidfiles:
+                lines.append(f"pid=; read -r pid 2>/dev/null < {qpath(self.path(pidfiles[n]))}; pid=${{pid//[!0-9]/}}")
+                lines.append(f'[ -n "$pid" ] && echo "P {q(n)} $pid $(_kv_stat1 "$pid")"')
+            if last_lines and n in last_lines:
+                lines.append(f"printf 'L %s ' {q(n)}; tail -n 1 -- {qpath(self.path(last_lines[n]))} 2>/dev/null"
+                             " | tr -d '\\n'; echo")
+        if list(ports):
+            lines.append("_kv_listeners $_kv_gm $(echo \"$_kv_m\" | while read -r _ _ pid _; do echo \"$pid\"; done)")
+        res = self.run("\n".join(lines), check=True, what="process probe")
+        return _parse_marked(res.stdout, markers, ports)
+
+    def stop_marked(self, marker: str, grace_s: float = 10.0, exit_path: str | None = None,
+                    kill_wait_s: float = 5.0) -> StopResult:
+        """Stop every live process carrying ``marker`` in its environment and every member of
+        their process groups: SIGTERM to each group and each process, poll, SIGKILL what is left
+        after ``grace_s``; one round trip. Re-reads the set on every poll, so a child forked or a
+        grandchild that called setsid meanwhile is found too. Never signals this program's own
+        group; a pid without the marker in a group without it (a reused pid) is never touched."""
+        grace_us = int(max(grace_s, 0) * 1e6)
+        kill_us = int(max(kill_wait_s, 0.1) * 1e6)
+        read_exit = f"cat -- {qpath(self.path(exit_path))} 2>/dev/null" if exit_path else ":"
+        script = _PROC_STATE_FN + _MARKED_FN + _GROUP_MEMBERS_FN + f"""
+m={q(marker)}; t0=$(_kv_now)
+finish() {{
+  echo "result=$1"; echo "elapsed_us=$(( $(_kv_now) - t0 ))"; echo "remaining=$2"; echo "exit=$({read_exit})"
+  echo "targets=$targets0"
+  exit 0
+}}
+sig() {{ # SIG: every marked process and its group
+  local pids= groups= x
+  while read -r k _ pid st pg; do
+    [ "$k" = M ] && [ "$st" = running ] || continue
+    pids="$pids $pid"; case " $groups " in *" $pg "*) ;; *) groups="$groups $pg";; esac
+  done < <(_kv_marked "$m")
+  for x in $groups; do [ "$x" -gt 1 ] && [ "$x" != "$_kv_mypg" ] && kill -$1 -- -$x 2>/dev/null; done
+  for x in $pids; do [ "$x" -gt 1 ] && kill -$1 $x 2>/dev/null; done
+}}
+alive() {{ # live marked pids and live members of their groups
+  local out= pg x
+  while read -r k _ pid st pg; do
+    [ "$k" = M ] && [ "$st" = running ] || continue
+    out="$out $pid"
+    [ "$pg" -gt 1 ] && [ "$pg" != "$_kv_mypg" ] && for x in $(_kv_members $pg); do out="$out $x"; done
+  done < <(_kv_marked "$m")
+  echo $out | tr ' ' '\n' | sort -un | tr '\n' ' '
+}}
+targets0=$(alive)
+[ -z "${{targets0// /}}" ] && finish none ""
+sig TERM
+while :; do
+  a=$(alive); [ -z "${{a// /}}" ] && finish term ""
+  [ $(( $(_kv_now) - t0 )) -ge {grace_us} ] && break
+  sig TERM; sleep 0.05
+done
+sig KILL
+t1=$(_kv_now)
+while :; do
+  a=$(alive); [ -z "${{a// /}}" ] && finish kill ""
+  # members of a marked group that lost the marker (none expected): kill them by group too
+  [ $(( $(_kv_now) - t1 )) -ge {kill_us} ] && finish stuck "$a"
+  sig KILL; for x in $a; do kill -KILL $x 2>/dev/null; done; sleep 0.05
+done
+"""
+        res = self.run(script, timeout=grace_s + kill_wait_s + 30, check=True, what="stop marked processes")
+        kv = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+        result = kv.get("result", "stuck")
+        exit_s = kv.get("exit", "").strip()
+        targets = [int(x) for x in kv.get("targets", "").split() if x.isdigit()]
+        return StopResult(
+            pgid=targets[0] if targets else 0,
+            was_running=result != "none",
+            signal={"none": None, "term": "TERM"}.get(result, "KILL"),
+            forced=result in ("kill", "stuck"),
+            elapsed_s=int(kv.get("elapsed_us", "0") or 0) / 1e6,
+            remaining=[int(x) for x in kv.get("remaining", "").split() if x.isdigit()],
+            exit_code=int(exit_s) if re.fullmatch(r"-?\d+", exit_s) else None,
+            pids=targets,
         )
 
     def _refuse_own_group(self, pgid: int) -> None:

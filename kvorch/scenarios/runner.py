@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 from ..runstate import load_state, now, save_state
 from . import spec as spec_mod
 from .expr import evaluate
@@ -69,7 +69,7 @@ def run_command(c: Ctx, scenario: str | None, *, list_: bool, overrides: list[st
 
 
 def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
-    from ..cluster import http_health
+    from ..processes import http_health
     from ..nodes import close_all, open_nodes
     from ..metrics import save_jsonl
     from .kinds import KINDS
@@ -83,8 +83,17 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
     sick = [p.name for p in plan.processes() if not http_health(p.health_url)[0]]
     if sick:
         raise ScenarioCannotRun(f"not healthy: {', '.join(sick)}", hint="`orchestrate status` and `orchestrate logs NAME` show why")
-    out = _next_dir(state.run_dir() / "scenarios", spec.name)
     nodes, _ = open_nodes(inv, plan, c.ssh_config, names=sorted({p.host for p in plan.processes()}))
+    try:
+        unwell = _not_running(plan, nodes)
+    except BaseException:
+        close_all(nodes)
+        raise
+    if unwell:
+        close_all(nodes)
+        raise ScenarioCannotRun("not running as started: " + "; ".join(f"{n}: {why}" for n, why in unwell.items()),
+                                hint=f"`orchestrate restart {' '.join(unwell)}` (or down, then up)")
+    out = _next_dir(state.run_dir() / "scenarios", spec.name)
     wb = Workbench(inv, plan, nodes, out)
     con = c.console()
     started = now()
@@ -93,8 +102,16 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
     try:
         if spec.sample_interval_s:
             sampler = wb.sampler(spec.sample_interval_s, max_duration_s=3600).start()
-        with con.status(f"running {spec.name} ({spec.kind}) on cluster {plan.cluster}…", spinner="dots") if not c.as_json else _null():
-            outcome = KINDS[spec.kind].run(wb, spec, params)
+        try:
+            with con.status(f"running {spec.name} ({spec.kind}) on cluster {plan.cluster}…", spinner="dots") if not c.as_json else _null():
+                outcome = KINDS[spec.kind].run(wb, spec, params)
+        except KeyboardInterrupt:
+            raise Interrupted(f"{spec.name} interrupted: its requests were cancelled; the cluster is still up",
+                              hint=f"partial files in {out}") from None
+        try:
+            died = _not_running(plan, nodes)
+        except Exception as e:  # noqa: BLE001 - a host lost during the scenario
+            died = {"*": f"cannot check the processes: {e}"}
     finally:
         samples = sampler.stop() if sampler else []
         wb.close()
@@ -112,6 +129,11 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
             continue
         o = evaluate(ch.expr, env)
         checks.append({"name": ch.name, "expr": ch.expr, "passed": o.passed, "shown": o.shown, "severity": ch.severity})
+    # The engines themselves: one that died (or whose server outlived its group leader) during the
+    # scenario makes the verdict a failure naming it, whatever the numbers say.
+    checks.append({"name": "every process stayed up", "expr": "(processes observed after the scenario)",
+                   "passed": not died, "severity": "fail",
+                   "shown": "; ".join(f"{n}: {why}" for n, why in died.items()) if died else "all running"})
     failed = [ch for ch in checks if ch["passed"] is False and ch["severity"] == "fail"]
     verdict = "pass" if not failed else "fail"
 
@@ -135,6 +157,22 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
     else:
         print_result(con, result)
     return 0 if verdict == "pass" else 1
+
+
+def _not_running(plan: Any, nodes: dict[str, Any]) -> dict[str, str]:
+    """Processes of the cluster that are not running as started: name → state and why."""
+    from ..hosts.parallel import run_parallel
+    from ..processes import observe
+
+    out: dict[str, str] = {}
+    for host, obs in run_parallel(nodes, lambda n: observe(plan, n)).items():
+        if isinstance(obs, BaseException):
+            out[f"host {host}"] = f"cannot be read: {obs}"
+            continue
+        for name, o in obs.items():  # type: ignore[union-attr]
+            if o.state != "running":
+                out[name] = o.state + (f" ({o.detail})" if o.detail else "")
+    return out
 
 
 def print_result(con: Any, result: dict[str, Any]) -> None:
