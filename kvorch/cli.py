@@ -315,12 +315,30 @@ def _fail(e: UserError, verbose: int) -> NoReturn:
     sys.exit(e.exit_code)
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    """SIGTERM / SIGHUP act as Ctrl-C: every command rolls back or stops cleanly on KeyboardInterrupt."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    import signal
+
     verbose = sum(1 for a in (argv if argv is not None else sys.argv[1:]) if a in ("-v", "--verbose") or a.startswith("-vv"))
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING, stream=sys.stderr,
+                            format="%(levelname)s %(name)s: %(message)s")
     try:
-        cli.main(args=argv, prog_name="orchestrate", standalone_mode=False)
+        try:
+            cli.main(args=argv, prog_name="orchestrate", standalone_mode=False)
+        finally:  # the work is done (or rolled back): another Ctrl-C must not cut the last words short
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        click.echo("interrupted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import Interrupted, StartFailed, UserError
 from .nodes import Node, close_all, open_nodes
 from .plan import Plan, ProcessSpec
-from .processes import http_health, leftovers, not_running, observe, start_process, stop_all
+from .processes import expected_members, http_health, leftovers, not_running, observe, start_process, stop_all
 from .runstate import (ProcessState, HostState, RunState, clear_state, cluster_lock, load_state, new_run_id, now,
                        save_state)
 
@@ -224,6 +224,12 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                 raise StartFailed(f"{e.spec.name} on host {e.spec.host} failed: {e.reason}",
                                   hint=f"see the log above; `orchestrate logs {e.spec.name}`", details=details,
                                   process=e.spec.name, host=e.spec.host, reason=e.reason, stopped=stopped) from None
+            # what each process is made of once healthy: a child that dies later makes it degraded
+            for host, obs in run_parallel(nodes, lambda n: observe(plan, n)).items():
+                if not isinstance(obs, BaseException):
+                    for name, o in obs.items():  # type: ignore[union-attr]
+                        if name in state.processes and o.state == "running":
+                            state.processes[name].members = o.members
             save_state(state)
         finally:
             close_all(nodes)
@@ -335,13 +341,13 @@ def down_command(c: Ctx, plan: Plan, *, collect: bool = True, grace: float = 10.
 # status and logs
 
 
-def status_rows(plan: Plan, nodes: dict[str, Node]) -> list[dict[str, Any]]:
+def status_rows(plan: Plan, nodes: dict[str, Node], expected: dict[str, list[int]] | None = None) -> list[dict[str, Any]]:
     from .evidence import strip_ansi
     from .hosts.parallel import run_parallel
 
     def host_rows(node: Node) -> list[dict[str, Any]]:
         rows = []
-        for name, o in observe(plan, node, last_lines=True).items():
+        for name, o in observe(plan, node, last_lines=True, expected=expected).items():
             p = o.spec
             row: dict[str, Any] = {"process": name, "host": p.host, "pid": o.pid, "port": p.port, "state": o.state,
                                    "health_url": p.health_url, "uptime_s": o.uptime_s if o.ours else None,
@@ -367,14 +373,14 @@ def status_rows(plan: Plan, nodes: dict[str, Node]) -> list[dict[str, Any]]:
 
 
 def status_command(c: Ctx, plan: Plan) -> int:
+    state = load_state(plan.cluster)
     nodes, errors = open_nodes(c.inventory(), plan, c.ssh_config, strict=False)
     try:
-        rows = status_rows(plan, nodes)
+        rows = status_rows(plan, nodes, expected_members(state))
     finally:
         close_all(nodes)
     for host, e in errors.items():
         rows.append({"process": "*", "host": host, "state": "unreachable", "error": e.message})
-    state = load_state(plan.cluster)
     if c.as_json:
         c.emit_json({"cluster": plan.cluster, "run_id": state.run_id if state else None, "processes": rows})
     else:
@@ -383,7 +389,10 @@ def status_command(c: Ctx, plan: Plan) -> int:
         t = Table(title=f"cluster {plan.cluster}" + (f" (run {state.run_id})" if state else ""), title_justify="left")
         for col in ("process", "host", "pid", "serves", "port", "state", "uptime", "last log line"):
             t.add_column(col, overflow="fold")
+        host_errors = [r for r in rows if r["process"] == "*"]
         for r in rows:
+            if r["process"] == "*":
+                continue
             st = r["state"]
             colour = "green" if st == "running" else ("yellow" if st in ("absent",) else "red")
             up_s = r.get("uptime_s")
@@ -391,7 +400,10 @@ def status_command(c: Ctx, plan: Plan) -> int:
             t.add_row(r["process"], r["host"], str(r.get("pid") or "-"), str(r.get("server_pid") or "-"),
                       str(r.get("port") or "-"), shown, f"{up_s:.0f} s" if up_s is not None else "-",
                       (r.get("last_log_line") or r.get("error") or "")[:120])
-        c.console().print(t)
+        if t.row_count:
+            c.console().print(t)
+        for r in host_errors:
+            c.console().print(f"[red]{r['host']}:[/] {r.get('error') or r['state']}")
     ok = all(r["state"] == "running" for r in rows)
     return 0 if ok else 1
 

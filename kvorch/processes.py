@@ -110,8 +110,9 @@ class Observed:
                 "detail": self.detail or None}
 
 
-def classify(p: ProcessSpec, mp: MarkedProcess) -> Observed:
-    """Turn what the host said (:class:`~kvorch.hosts.ops.MarkedProcess`) into a verdict."""
+def classify(p: ProcessSpec, mp: MarkedProcess, expected: list[int] | None = None) -> Observed:
+    """Turn what the host said (:class:`~kvorch.hosts.ops.MarkedProcess`) into a verdict.
+    ``expected``: its members when it was healthy (a child that died since makes it degraded)."""
     members = mp.members
     servers = mp.listeners.get(p.port, [])
     server = min(servers) if servers else None
@@ -135,6 +136,9 @@ def classify(p: ProcessSpec, mp: MarkedProcess) -> Observed:
         problems.append(f"group leader {mp.leader_pid} is gone")
     if server is None:
         problems.append(f"nothing of ours listens on port {p.port}")
+    gone = [x for x in (expected or []) if x not in members]
+    if gone and mp.leader_marked:
+        problems.append(f"process(es) {', '.join(map(str, gone))} of its group exited")
     others = [m for m in members if m not in (mp.leader_pid, server)]
     if problems:
         obs.state = "degraded"
@@ -147,13 +151,23 @@ def classify(p: ProcessSpec, mp: MarkedProcess) -> Observed:
     return obs
 
 
-def observe(plan: Plan, node: Node, *, last_lines: bool = False) -> dict[str, Observed]:
-    """State of every planned process on one host, in one round trip."""
+def observe(plan: Plan, node: Node, *, last_lines: bool = False,
+            expected: dict[str, list[int]] | None = None) -> dict[str, Observed]:
+    """State of every planned process on one host, in one round trip. ``expected``: name → the
+    members recorded when it became healthy (the run state's), to notice a child that died."""
     procs = node.plan.processes
     raw = node.ops.probe_marked({p.name: marker_line(plan, p) for p in procs}, {p.name: p.pid_path for p in procs},
                                 ports=[p.port for p in procs],
                                 last_lines={p.name: p.log_path for p in procs} if last_lines else None)
-    return {p.name: classify(p, raw[p.name]) for p in procs}
+    expected = expected or {}
+    return {p.name: classify(p, raw[p.name], expected.get(p.name)) for p in procs}
+
+
+def expected_members(state: Any) -> dict[str, list[int]]:
+    """From a run state: each process's members when it became healthy (for :func:`observe`)."""
+    if state is None:
+        return {}
+    return {n: list(ps.members) for n, ps in state.processes.items() if ps.members and ps.stopped_at is None}
 
 
 def leftover_processes(plan: Plan, node: Node) -> list[str]:

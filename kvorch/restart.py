@@ -89,6 +89,11 @@ def restart_processes(plan: Plan, nodes: dict[str, Node], names: Sequence[str], 
                     failed.append(name)
                     continue
                 report[name]["healthy_after_s"] = r
+            members: dict[str, list[int]] = {}
+            for host, obs in run_parallel({n: nodes[n] for n in {p.host for p in todo.values()}},
+                                          lambda n: observe(plan, n)).items():
+                if not isinstance(obs, BaseException):
+                    members.update({n: o.members for n, o in obs.items() if n in todo and o.state == "running"})  # type: ignore[union-attr]
             if state is not None:
                 for name in todo:
                     ps = state.processes.get(name)
@@ -98,6 +103,7 @@ def restart_processes(plan: Plan, nodes: dict[str, Node], names: Sequence[str], 
                         ps.healthy_at = now() if name not in failed else None
                         ps.stopped_at = None
                         ps.exit = None
+                        ps.members = members.get(name, [])
                 save_state(state)
             if failed:
                 p = todo[failed[0]]

@@ -48,6 +48,7 @@ class ProcessState(BaseModel):
     log_path: str = Field(description="absolute path of its log on its host")
     health_url: str
     script_sha256: str | None = None
+    members: list[int] = Field(default_factory=list, description="its live pids once healthy (leader, server, children)")
 
 
 class HostState(BaseModel):
@@ -146,5 +147,11 @@ def cluster_lock(cluster: str, what: str) -> Iterator[None]:
 
 
 def write_json(path: Path, data: object) -> None:
+    """Atomically: a reader (or an interrupted writer) sees the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

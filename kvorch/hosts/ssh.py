@@ -44,6 +44,10 @@ from .base import (
 from .ssh_config import DEFAULT_KNOWN_HOSTS, SshSettings, resolve_ssh_settings
 
 log = logging.getLogger("kvorch.hosts.ssh")
+# paramiko logs every failed handshake with a full traceback ("Exception (client): Error reading SSH
+# protocol banner", …) to the root logger's last-resort handler. Its failures reach the caller here
+# as one HostUnreachable with the fix; the traceback shows only where logging is configured (-v).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _KNOWN_HOSTS_WRITE_LOCK = threading.Lock()
 
@@ -255,6 +259,17 @@ class SshTransport:
                 f"(ssh_config or inventory) to a key in the host's authorized_keys.",
                 host=s.hostname,
             )
+        text = str(exc)
+        if isinstance(exc, paramiko.SSHException) and ("protocol banner" in text or "Incompatible" in text):
+            return HostUnreachable(
+                f"{self.name}: {s.hostname}:{s.port}{via} accepts TCP connections but does not speak SSH "
+                f"({text.strip()}). Fix: check the port (ssh.port / Port) and that no firewall or proxy "
+                f"answers there: `ssh -p {s.port} {(s.user + '@') if s.user else ''}{s.hostname}` shows the same", host=s.hostname)
+        if isinstance(exc, (ConnectionResetError, EOFError)) or "reset by peer" in text:
+            return HostUnreachable(
+                f"{self.name}: {s.hostname}:{s.port}{via} closed the connection during the SSH handshake "
+                f"({type(exc).__name__}: {text}). Fix: check the port, a firewall or sshd's MaxStartups",
+                host=s.hostname)
         if isinstance(exc, (socket.timeout, TimeoutError)):
             return HostUnreachable(
                 f"{self.name}: no SSH answer from {s.hostname}:{s.port}{via} within "

@@ -80,9 +80,6 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
     state = load_state(plan.cluster)
     if state is None:
         raise ScenarioCannotRun(f"cluster {plan.cluster!r} is not up", hint="run `orchestrate up` first")
-    sick = [p.name for p in plan.processes() if not http_health(p.health_url)[0]]
-    if sick:
-        raise ScenarioCannotRun(f"not healthy: {', '.join(sick)}", hint="`orchestrate status` and `orchestrate logs NAME` show why")
     nodes, _ = open_nodes(inv, plan, c.ssh_config, names=sorted({p.host for p in plan.processes()}))
     try:
         unwell = _not_running(plan, nodes)
@@ -93,6 +90,10 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
         close_all(nodes)
         raise ScenarioCannotRun("not running as started: " + "; ".join(f"{n}: {why}" for n, why in unwell.items()),
                                 hint=f"`orchestrate restart {' '.join(unwell)}` (or down, then up)")
+    sick = [p.name for p in plan.processes() if not http_health(p.health_url)[0]]
+    if sick:
+        close_all(nodes)
+        raise ScenarioCannotRun(f"not healthy: {', '.join(sick)}", hint="`orchestrate status` and `orchestrate logs NAME` show why")
     out = _next_dir(state.run_dir() / "scenarios", spec.name)
     wb = Workbench(inv, plan, nodes, out)
     con = c.console()
@@ -162,10 +163,11 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
 def _not_running(plan: Any, nodes: dict[str, Any]) -> dict[str, str]:
     """Processes of the cluster that are not running as started: name → state and why."""
     from ..hosts.parallel import run_parallel
-    from ..processes import observe
+    from ..processes import expected_members, observe
 
+    expected = expected_members(load_state(plan.cluster))
     out: dict[str, str] = {}
-    for host, obs in run_parallel(nodes, lambda n: observe(plan, n)).items():
+    for host, obs in run_parallel(nodes, lambda n: observe(plan, n, expected=expected)).items():
         if isinstance(obs, BaseException):
             out[f"host {host}"] = f"cannot be read: {obs}"
             continue

@@ -26,6 +26,11 @@ SIM_FLAGS: dict[str, tuple[type, object, str]] = {
     "kv-bytes-per-token": (int, None, "override the modeled KV bytes per token"),
     "wire-bytes-per-token": (int, 64, "bytes per token actually sent between peers / written to disk"),
     "gpu-memory-gb": (float, 24.0, "simulated GPU memory (sizes vLLM's block pool)"),
+    # planted faults (the fault suite): how real engines misbehave
+    "fault-children": (int, 0, "start N child processes that stay in the group (like vLLM's EngineCore)"),
+    "fault-setsid-grandchild": (int, 0, "1: a child double-forks a grandchild that calls setsid (leaves the group)"),
+    "fault-ignore-sigterm": (int, 0, "1: ignore SIGTERM, children too (like vLLM while it is still loading)"),
+    "fault-exit-after-s": (float, 0.0, "exit with status 3 this many seconds after serving (a crash mid-run)"),
 }
 
 VLLM_ARGS_HELP = (

@@ -31,7 +31,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from .. import lmcache_config as lc
 from . import http, logfmt
@@ -837,9 +837,34 @@ class Engine:
                                 f"{self.stats['requests']} requests")
 
 
+_FAULT_CHILD = "import signal, sys, time\nif sys.argv[1] == '1': signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(3600)"
+
+
+def _plant_faults(args: Any, log: Any) -> None:
+    """Planted misbehaviour for the fault suite (``--sim-fault-*``): children, a setsid grandchild,
+    ignored SIGTERM. Every child inherits the environment (and so the orchestrator's marker)."""
+    import subprocess
+
+    stubborn = "1" if args.sim_fault_ignore_sigterm else "0"
+    if args.sim_fault_ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for _ in range(max(0, args.sim_fault_children)):
+        child = subprocess.Popen([sys.executable, "-c", _FAULT_CHILD, stubborn], stdin=subprocess.DEVNULL)
+        log.info("sim", 0, f"[sim] fault: child process {child.pid} (same process group)")
+    if args.sim_fault_setsid_grandchild:
+        # double fork: the middle process starts the grandchild in a new session and exits
+        mid = subprocess.Popen([sys.executable, "-c",
+                                "import subprocess, sys; g = subprocess.Popen([sys.executable, '-c', sys.argv[1], "
+                                "sys.argv[2]], start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL); print(g.pid)",
+                                _FAULT_CHILD, stubborn], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        out, _ = mid.communicate(timeout=30)
+        log.info("sim", 0, f"[sim] fault: grandchild {out.strip()} called setsid (own session and group)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     engine = Engine(args)
+    _plant_faults(args, engine.log)
     engine.startup_lines()
     try:
         engine.load_lmcache()
@@ -850,8 +875,14 @@ def main(argv: list[str] | None = None) -> int:
     async def run() -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGINT,) if args.sim_fault_ignore_sigterm else (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if args.sim_fault_exit_after_s > 0:
+            def crash() -> None:
+                engine.log.vllm("ERROR", "core.py", 1, f"[sim] fault: exiting after {args.sim_fault_exit_after_s} s")
+                sys.stdout.flush()
+                os._exit(3)
+            loop.call_later(args.sim_fault_exit_after_s + engine.latency.startup_s, crash)
         try:
             await engine.serve(stop)
         except OSError as e:
