@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .inventory import EngineSpec, HostSpec, Inventory
+from .inventory import HEARTBEAT_KEY, EngineSpec, HostSpec, Inventory, heartbeat_time_of
 from .render import check_lmcache_config, render_template
 
 #: Set on every process: nothing here may phone home (and there is no network to do it).
@@ -185,7 +185,12 @@ class _Builder:
         python = self.inv.hosts[c.host].interpreter()
         kind = self.inv.controller_kind()
         head = [python, "-m", "kvorch.sim.controller"] if kind == "sim" else [_bin(python, "lmcache_controller")]
-        argv = head + ["--host", bind, "--port", str(c.port), "--monitor-ports", _json(monitor)] + c.args
+        argv = head + ["--host", bind, "--port", str(c.port), "--monitor-ports", _json(monitor)]
+        if c.health_check_interval is not None:
+            argv += ["--health-check-interval", str(c.health_check_interval)]
+        if c.lmcache_worker_timeout is not None:
+            argv += ["--lmcache-worker-timeout", str(c.lmcache_worker_timeout)]
+        argv += c.args
         self.add_process(
             name="controller", kind="controller", program="sim_controller" if kind == "sim" else "lmcache_controller",
             role="controller", host=c.host, stage=0, own_env=c.env, extra_env={}, argv=argv, bind=bind, port=c.port,
@@ -289,7 +294,9 @@ class _Builder:
     def lmcache_config(self, e: EngineSpec) -> str:
         inv = self.inv
         hs = inv.hosts[e.host]
-        settings = {**inv.lmcache, **e.lmcache}
+        settings = inv.engine_lmcache(e)
+        if (hb := heartbeat_time_of(inv, e)) is not None and HEARTBEAT_KEY not in settings:
+            settings[HEARTBEAT_KEY] = hb  # the controller has a heartbeat port: engines send heartbeats
         if isinstance(inv.lmcache.get("extra_config"), dict) and isinstance(e.lmcache.get("extra_config"), dict):
             settings["extra_config"] = {**inv.lmcache["extra_config"], **e.lmcache["extra_config"]}
         proxy = None
