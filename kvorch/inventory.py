@@ -125,7 +125,9 @@ class ProxySpec(EnvMixin):
     ``disagg_proxy_server.py`` (not part of the lmcache package: give its path on the host)."""
 
     host: str
-    script: str = Field(description="path of disagg_proxy_server.py on the host")
+    script: str | None = Field(None, description="path of disagg_proxy_server.py on the host (or give source:)")
+    source: str | None = Field(None, description="path of disagg_proxy_server.py on this machine: `up` uploads it to "
+                               "the host's workdir (proxy/<name>) and runs that copy")
     port: int = Field(9100, ge=1, le=65535, description="its OpenAI API port")
     proxy_port: int = Field(7500, ge=1, le=65535, description="its ZMQ port the prefillers notify (pd_proxy_port)")
     bind: str | None = None
@@ -376,6 +378,14 @@ def check_inventory(inv: Inventory) -> list[Problem]:
             problems.append(Problem(("engines",), "topology pd needs at least one engine with role prefill and one with role decode", "set role: on the engines"))
         if inv.proxy is None:
             problems.append(Problem(("proxy",), "topology pd needs a proxy", "add proxy: {host: …, script: …/disagg_proxy_server.py}"))
+    if inv.proxy is not None:
+        x = inv.proxy
+        if (x.script is None) == (x.source is None):
+            problems.append(Problem(("proxy", "script"), "give the proxy script either as script: (its path on the host) or as source: (a local file `up` uploads), one of them",
+                                    "e.g. source: ~/LMCache/examples/disagg_prefill/disagg_proxy_server.py"))
+        elif x.source is not None and not Path(x.source).expanduser().is_file():
+            problems.append(Problem(("proxy", "source"), f"{x.source}: no such file on this machine",
+                                    "point it at LMCache's examples/disagg_prefill/disagg_proxy_server.py (from a checkout of LMCache at your version)"))
         for i, e in enumerate(inv.engines):
             if e.role == "decode":
                 for key in ("pd_peer_init_port", "pd_peer_alloc_port"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -258,7 +259,8 @@ class _Builder:
             argv += ["--gpu-memory-utilization", _num(g)]
         if (d := pick("dtype")) is not None:
             argv += ["--dtype", d]
-        if pick("enforce_eager"):
+        if pick("enforce_eager") or (pick("enforce_eager") is None and kind == "vllm" and self.blending(e)):
+            # CacheBlend as upstream runs it (examples/blend_kv_v1/blend.py: enforce_eager=True)
             argv += ["--enforce-eager"]
         if (pc := pick("enable_prefix_caching")) is not None:
             argv += ["--enable-prefix-caching" if pc else "--no-enable-prefix-caching"]
@@ -290,6 +292,12 @@ class _Builder:
             extra_env=extra_env, argv=argv, bind=bind, port=e.port, ports=ports, health_path="/health", api=True,
             fresh_dirs=fresh, instance_id=inv.instance_id(e) if inv.topology != "mp" else None, config_file=config_file,
         )
+
+    def blending(self, e: EngineSpec) -> bool:
+        env = {**self.inv.env, **self.inv.hosts[e.host].env, **e.env}
+        if "LMCACHE_ENABLE_BLENDING" in env:
+            return env["LMCACHE_ENABLE_BLENDING"].strip().lower() in ("1", "true", "yes", "on")
+        return self.inv.topology == "blend" or bool(self.inv.engine_lmcache(e).get("enable_blending"))
 
     def lmcache_config(self, e: EngineSpec) -> str:
         inv = self.inv
@@ -327,7 +335,12 @@ class _Builder:
             return [e for e in self.inv.engines if e.role == role]
 
         pre, dec = endpoints("prefill"), endpoints("decode")
-        argv = [hs[x.host].interpreter(), x.script, "--host", bind, "--port", str(x.port),
+        script = x.script or ""
+        if x.source is not None:  # uploaded with the other files, run from the workdir
+            src = Path(x.source).expanduser()
+            script = f"proxy/{src.name}"
+            self.files[x.host].append(PlannedFile(path=script, content=src.read_text()))
+        argv = [hs[x.host].interpreter(), script, "--host", bind, "--port", str(x.port),
                 "--prefiller-host", ",".join(hs[e.host].address for e in pre),
                 "--prefiller-port", ",".join(str(e.port) for e in pre), "--num-prefillers", str(len(pre)),
                 "--decoder-host", ",".join(hs[e.host].address for e in dec),
