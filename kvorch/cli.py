@@ -122,6 +122,35 @@ def render(c: Ctx, out_dir: str) -> None:
     con.print(f"[bold]{len(written)} files[/] for {len(plan.hosts)} hosts in {out}/")
 
 
+@cli.group("export")
+def export_group() -> None:
+    """The same cluster for another deployment target. Touches no host."""
+
+
+@export_group.command("helm")
+@click.option("--out", "out_dir", default="helm-export", show_default=True, type=click.Path(file_okay=False),
+              help="folder for values.yaml and README.md (notes on what has no Kubernetes counterpart)")
+@click.option("--repository", default="lmcache/vllm-openai", show_default=True, help="engine image repository")
+@click.option("--tag", default="latest", show_default=True, help="engine image tag")
+@_json_option
+@pass_ctx
+def export_helm_command(c: Ctx, out_dir: str, repository: str, tag: str) -> None:
+    """Values for vLLM production-stack's vllm-stack chart (engines, LMCache, KV-aware router)."""
+    from .export.helm import export_helm, write_helm
+
+    exp = export_helm(c.inventory(), c.plan(), repository=repository, tag=tag)
+    files = write_helm(exp, out_dir)
+    if c.as_json:
+        c.emit_json({"out": out_dir, "files": [str(f) for f in files], "values": exp.values,
+                     "notes": [n.model_dump() for n in exp.notes]})
+        return
+    con = c.console()
+    for f in files:
+        con.print(f"wrote {f}")
+    con.print(f"[bold]{len(exp.values['servingEngineSpec']['modelSpec'])} engines[/] for {exp.chart}; "
+              f"{len(exp.notes)} notes in {files[1]}")
+
+
 def _print_plan(c: Ctx, plan: Plan) -> None:
     from .views import print_plan
 

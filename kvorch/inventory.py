@@ -99,6 +99,12 @@ class ControllerSpec(EnvMixin):
     monitor_ports: MonitorPorts
     bind: str | None = None
     kind: Literal["lmcache", "sim"] | None = Field(None, description="default: sim when engine is sim")
+    health_check_interval: int | None = Field(
+        None, ge=1, description="--health-check-interval: seconds between checks that deregister silent workers "
+        "(needs monitor_ports.heartbeat and engines sending heartbeats)")
+    lmcache_worker_timeout: int | None = Field(
+        None, ge=1, description="--lmcache-worker-timeout: seconds without a heartbeat before a worker is "
+        "deregistered (LMCache default 300)")
     args: list[str] = Field(default_factory=list)
 
 
@@ -119,7 +125,9 @@ class ProxySpec(EnvMixin):
     ``disagg_proxy_server.py`` (not part of the lmcache package: give its path on the host)."""
 
     host: str
-    script: str = Field(description="path of disagg_proxy_server.py on the host")
+    script: str | None = Field(None, description="path of disagg_proxy_server.py on the host (or give source:)")
+    source: str | None = Field(None, description="path of disagg_proxy_server.py on this machine: `up` uploads it to "
+                               "the host's workdir (proxy/<name>) and runs that copy")
     port: int = Field(9100, ge=1, le=65535, description="its OpenAI API port")
     proxy_port: int = Field(7500, ge=1, le=65535, description="its ZMQ port the prefillers notify (pd_proxy_port)")
     bind: str | None = None
@@ -226,6 +234,10 @@ class Inventory(EnvMixin):
 
     def config_file(self, engine: EngineSpec) -> str:
         return engine.config_file or f"{engine.name}.yaml"
+
+    def engine_lmcache(self, engine: EngineSpec) -> dict[str, Any]:
+        """The engine's LMCache settings as written: the cluster-wide ``lmcache:`` under its own."""
+        return {**self.lmcache, **engine.lmcache}
 
     def is_secret(self, name: str) -> bool:
         return bool(SECRET_NAME.search(name)) or name in self.secret_env
@@ -366,6 +378,14 @@ def check_inventory(inv: Inventory) -> list[Problem]:
             problems.append(Problem(("engines",), "topology pd needs at least one engine with role prefill and one with role decode", "set role: on the engines"))
         if inv.proxy is None:
             problems.append(Problem(("proxy",), "topology pd needs a proxy", "add proxy: {host: …, script: …/disagg_proxy_server.py}"))
+    if inv.proxy is not None:
+        x = inv.proxy
+        if (x.script is None) == (x.source is None):
+            problems.append(Problem(("proxy", "script"), "give the proxy script either as script: (its path on the host) or as source: (a local file `up` uploads), one of them",
+                                    "e.g. source: ~/LMCache/examples/disagg_prefill/disagg_proxy_server.py"))
+        elif x.source is not None and not Path(x.source).expanduser().is_file():
+            problems.append(Problem(("proxy", "source"), f"{x.source}: no such file on this machine",
+                                    "point it at LMCache's examples/disagg_prefill/disagg_proxy_server.py (from a checkout of LMCache at your version)"))
         for i, e in enumerate(inv.engines):
             if e.role == "decode":
                 for key in ("pd_peer_init_port", "pd_peer_alloc_port"):
@@ -381,6 +401,8 @@ def check_inventory(inv: Inventory) -> list[Problem]:
     if inv.tiny_model is not None and not inv.model.startswith("/"):
         problems.append(Problem(("model",), "with tiny_model, model must be the absolute path to make it in",
                                 "e.g. model: /tmp/kvorch-models/tiny-llama-4x256"))
+
+    problems.extend(heartbeat_problems(inv))
 
     # PYTHONHASHSEED must be the same for every engine (else: zero cross-engine cache hits).
     seeds: dict[str, str | None] = {}
@@ -422,4 +444,99 @@ def check_inventory(inv: Inventory) -> list[Problem]:
         md = ({**inv.env, **e.env}).get("PROMETHEUS_MULTIPROC_DIR")
         if md is not None and md.strip().rstrip("/") in ("", "~", "/", "/tmp", "/home", "/root"):
             problems.append(Problem(("engines", i, "env", "PROMETHEUS_MULTIPROC_DIR"), f"{md!r} is wiped before each start: it must be a directory of its own", "use e.g. /tmp/lmcache_prometheus_<engine>, or leave it unset (derived per engine)"))
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------
+# Controller heartbeats (LMCache 0.5.6): workers send them only with lmcache_worker_heartbeat_time > 0
+# and only when the controller has a heartbeat port (it hands the URL to a worker when it registers);
+# the controller deregisters silent workers only with --health-check-interval. Heartbeats are also
+# what brings the workers back after a controller restart: an unknown worker's heartbeat re-registers
+# it and asks for a full sync (registration_controller.heartbeat).
+
+#: Heartbeat period rendered when the controller has a heartbeat port and an engine sets none: after
+#: a controller restart every worker is registered again within this many seconds.
+DEFAULT_HEARTBEAT_S = 10
+HEARTBEAT_KEY = "lmcache_worker_heartbeat_time"
+
+
+def _controller_flag(args: list[str], flag: str) -> tuple[int, str | None] | None:
+    """(index, value) of ``flag`` among the controller's free-form args, or None."""
+    for i, a in enumerate(args):
+        if a == flag:
+            return i, args[i + 1] if i + 1 < len(args) else None
+        if a.startswith(flag + "="):
+            return i, a.split("=", 1)[1]
+    return None
+
+
+def heartbeat_time_of(inv: Inventory, engine: EngineSpec) -> Any:
+    """The engine's heartbeat period: as written, else the default when the controller has a
+    heartbeat port (topology p2p), else None (no heartbeats)."""
+    settings = inv.engine_lmcache(engine)
+    if HEARTBEAT_KEY in settings:
+        return settings[HEARTBEAT_KEY]
+    c = inv.controller
+    if inv.topology == "p2p" and c is not None and c.monitor_ports.heartbeat is not None:
+        return DEFAULT_HEARTBEAT_S
+    return None
+
+
+def heartbeat_problems(inv: Inventory) -> list[Problem]:
+    problems: list[Problem] = []
+    c = inv.controller
+    if c is None or inv.topology != "p2p":
+        return problems
+    port = c.monitor_ports.heartbeat
+
+    def where(i: int, e: EngineSpec) -> tuple[str | int, ...]:
+        return ("engines", i, "lmcache", HEARTBEAT_KEY) if HEARTBEAT_KEY in e.lmcache else ("lmcache", HEARTBEAT_KEY)
+
+    periods: list[float] = []
+    for i, e in enumerate(inv.engines):
+        settings = inv.engine_lmcache(e)
+        if HEARTBEAT_KEY not in settings:
+            continue
+        v = settings[HEARTBEAT_KEY]
+        on = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+        if port is not None and not on:
+            problems.append(Problem(where(i, e), f"{v!r}: engine {e.name!r} would send no heartbeats, but the controller listens for them on port {port} (controller.monitor_ports.heartbeat)",
+                                    f"set {HEARTBEAT_KEY} to a period in seconds (e.g. {DEFAULT_HEARTBEAT_S}) or remove it (default {DEFAULT_HEARTBEAT_S} with a heartbeat port)"))
+        elif port is None and on:
+            problems.append(Problem(where(i, e), f"engine {e.name!r} sends heartbeats every {v} s, but the controller has no heartbeat port: LMCache logs 'Heartbeat socket is None' and the heartbeats go nowhere",
+                                    "add controller.monitor_ports.heartbeat (e.g. heartbeat: 8082), or remove " + HEARTBEAT_KEY))
+        elif on:
+            periods.append(float(v))
+    if port is not None:
+        periods += [float(DEFAULT_HEARTBEAT_S) for e in inv.engines if HEARTBEAT_KEY not in inv.engine_lmcache(e)]
+
+    interval = c.health_check_interval
+    ipath: tuple[str | int, ...] = ("controller", "health_check_interval")
+    if interval is None and (hit := _controller_flag(c.args, "--health-check-interval")) is not None:
+        ipath = ("controller", "args", hit[0])
+        try:
+            interval = int(hit[1] or "")
+        except ValueError:
+            problems.append(Problem(ipath, f"--health-check-interval needs a whole number of seconds, got {hit[1]!r}", "use controller.health_check_interval: N"))
+            return problems
+        interval = None if interval == -1 else interval
+    if interval is not None:
+        if port is None:
+            problems.append(Problem(ipath, "--health-check-interval deregisters workers whose heartbeats stop, but the controller has no heartbeat port: every worker would be deregistered",
+                                    "add controller.monitor_ports.heartbeat (engines then send heartbeats every "
+                                    f"{DEFAULT_HEARTBEAT_S} s), or remove the health-check interval"))
+        elif not periods:
+            problems.append(Problem(ipath, "--health-check-interval with no engine sending heartbeats would deregister every worker",
+                                    f"set {HEARTBEAT_KEY} on the engines, or remove the health-check interval"))
+        else:
+            timeout = c.lmcache_worker_timeout
+            tpath: tuple[str | int, ...] = ("controller", "lmcache_worker_timeout")
+            if timeout is None and (hit := _controller_flag(c.args, "--lmcache-worker-timeout")) is not None:
+                tpath = ("controller", "args", hit[0])
+                timeout = int(hit[1]) if (hit[1] or "").isdigit() else None
+            timeout = 300 if timeout is None else timeout
+            slowest = max(periods)
+            if timeout < 2 * slowest + DEFAULT_HEARTBEAT_S:
+                problems.append(Problem(tpath, f"worker timeout {timeout} s against a heartbeat every {slowest:g} s: one late heartbeat (or the first one, sent after lmcache_worker_heartbeat_delay_time) deregisters a live worker",
+                                        f"use a timeout of at least {int(2 * slowest + DEFAULT_HEARTBEAT_S)} s (2 heartbeats + the start delay)"))
     return problems

@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .inventory import EngineSpec, HostSpec, Inventory
+from .inventory import HEARTBEAT_KEY, EngineSpec, HostSpec, Inventory, heartbeat_time_of
 from .render import check_lmcache_config, render_template
 
 #: Set on every process: nothing here may phone home (and there is no network to do it).
@@ -185,7 +186,12 @@ class _Builder:
         python = self.inv.hosts[c.host].interpreter()
         kind = self.inv.controller_kind()
         head = [python, "-m", "kvorch.sim.controller"] if kind == "sim" else [_bin(python, "lmcache_controller")]
-        argv = head + ["--host", bind, "--port", str(c.port), "--monitor-ports", _json(monitor)] + c.args
+        argv = head + ["--host", bind, "--port", str(c.port), "--monitor-ports", _json(monitor)]
+        if c.health_check_interval is not None:
+            argv += ["--health-check-interval", str(c.health_check_interval)]
+        if c.lmcache_worker_timeout is not None:
+            argv += ["--lmcache-worker-timeout", str(c.lmcache_worker_timeout)]
+        argv += c.args
         self.add_process(
             name="controller", kind="controller", program="sim_controller" if kind == "sim" else "lmcache_controller",
             role="controller", host=c.host, stage=0, own_env=c.env, extra_env={}, argv=argv, bind=bind, port=c.port,
@@ -253,7 +259,8 @@ class _Builder:
             argv += ["--gpu-memory-utilization", _num(g)]
         if (d := pick("dtype")) is not None:
             argv += ["--dtype", d]
-        if pick("enforce_eager"):
+        if pick("enforce_eager") or (pick("enforce_eager") is None and kind == "vllm" and self.blending(e)):
+            # CacheBlend as upstream runs it (examples/blend_kv_v1/blend.py: enforce_eager=True)
             argv += ["--enforce-eager"]
         if (pc := pick("enable_prefix_caching")) is not None:
             argv += ["--enable-prefix-caching" if pc else "--no-enable-prefix-caching"]
@@ -286,10 +293,18 @@ class _Builder:
             fresh_dirs=fresh, instance_id=inv.instance_id(e) if inv.topology != "mp" else None, config_file=config_file,
         )
 
+    def blending(self, e: EngineSpec) -> bool:
+        env = {**self.inv.env, **self.inv.hosts[e.host].env, **e.env}
+        if "LMCACHE_ENABLE_BLENDING" in env:
+            return env["LMCACHE_ENABLE_BLENDING"].strip().lower() in ("1", "true", "yes", "on")
+        return self.inv.topology == "blend" or bool(self.inv.engine_lmcache(e).get("enable_blending"))
+
     def lmcache_config(self, e: EngineSpec) -> str:
         inv = self.inv
         hs = inv.hosts[e.host]
-        settings = {**inv.lmcache, **e.lmcache}
+        settings = inv.engine_lmcache(e)
+        if (hb := heartbeat_time_of(inv, e)) is not None and HEARTBEAT_KEY not in settings:
+            settings[HEARTBEAT_KEY] = hb  # the controller has a heartbeat port: engines send heartbeats
         if isinstance(inv.lmcache.get("extra_config"), dict) and isinstance(e.lmcache.get("extra_config"), dict):
             settings["extra_config"] = {**inv.lmcache["extra_config"], **e.lmcache["extra_config"]}
         proxy = None
@@ -320,7 +335,12 @@ class _Builder:
             return [e for e in self.inv.engines if e.role == role]
 
         pre, dec = endpoints("prefill"), endpoints("decode")
-        argv = [hs[x.host].interpreter(), x.script, "--host", bind, "--port", str(x.port),
+        script = x.script or ""
+        if x.source is not None:  # uploaded with the other files, run from the workdir
+            src = Path(x.source).expanduser()
+            script = f"proxy/{src.name}"
+            self.files[x.host].append(PlannedFile(path=script, content=src.read_text()))
+        argv = [hs[x.host].interpreter(), script, "--host", bind, "--port", str(x.port),
                 "--prefiller-host", ",".join(hs[e.host].address for e in pre),
                 "--prefiller-port", ",".join(str(e.port) for e in pre), "--num-prefillers", str(len(pre)),
                 "--decoder-host", ",".join(hs[e.host].address for e in dec),

@@ -121,6 +121,11 @@ def host_checks(inv: Inventory, plan: Plan, node: Node, skip_ports_of: set[str])
         checks.append(Check(h, "disk", st, f"{free / 1024**3:.1f} GiB free in {node.workdir}",
                             None if st == "ok" else "free some disk: logs and LMCache disk tiers need room"))
 
+    # GPU-host compatibility (CUDA ops vs torch, nixl, CacheBlend's vLLM patch, the PD proxy): one probe.
+    from .gpu_checks import host_gpu_checks
+
+    checks += [Check(h, g.name, g.status, g.detail, g.hint) for g in host_gpu_checks(inv, plan, h, node.ops)]
+
     # The controller serves its whole environment on GET /env without authentication.
     for p in node.plan.processes:
         if p.kind == "controller" and _is_public(p.bind):
