@@ -85,7 +85,7 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
         raise ScenarioCannotRun(f"not healthy: {', '.join(sick)}", hint="`orchestrate status` and `orchestrate logs NAME` show why")
     out = _next_dir(state.run_dir() / "scenarios", spec.name)
     nodes, _ = open_nodes(inv, plan, c.ssh_config, names=sorted({p.host for p in plan.processes()}))
-    wb = Workbench(inv, plan, nodes, out)
+    wb = Workbench(inv, plan, nodes, out, extra_body=spec.extra_body)
     con = c.console()
     started = now()
     t0 = time.monotonic()

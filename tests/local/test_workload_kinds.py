@@ -1,0 +1,118 @@
+"""The workload kinds trace, multi-round-qa and long-doc-qa against a local simulated P2P cluster
+brought up on free ports of its own: each passes, and fails with a clear verdict when its cause is
+planted (no shared prefix, a nonce, a missing request field)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from clusterkit import Orch, free_ports, write_inventory
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    d = tmp_path_factory.mktemp("workloads")
+    ports = iter(free_ports(12))
+
+    def mutate(data: dict) -> None:
+        data["cluster"] = f"workloads-{os.getpid()}"
+        for h in data["hosts"].values():
+            h["workdir"] = str(d / "work")
+        c = data["controller"]
+        c["port"] = next(ports)
+        c["monitor_ports"] = {"pull": next(ports), "reply": next(ports), "heartbeat": next(ports)}
+        for e in data["engines"]:
+            e.update(port=next(ports), p2p_init_port=next(ports), p2p_lookup_port=next(ports), worker_port=next(ports))
+
+    inv = write_inventory(d / "inventory.yaml", "inventories/local.yaml", mutate)
+    orch = Orch(d, inv)
+    r = orch("up", timeout=180)
+    assert r.code == 0, r.out + r.err
+    try:
+        yield orch
+    finally:
+        orch("down", "--no-collect", timeout=180)
+
+
+def run(orch: Orch, scenario: str, *sets: str, timeout: float = 300) -> tuple[int, dict | None, str]:
+    args = ["--json", "run", scenario]
+    for s in sets:
+        args += ["--set", s]
+    r = orch(*args, timeout=timeout)
+    return r.code, (json.loads(r.out) if r.code in (0, 1) else None), r.err
+
+
+def failed_checks(result: dict) -> dict[str, str]:
+    return {c["name"]: c["shown"] for c in result["checks"] if c["passed"] is False}
+
+
+# ---- trace ----------------------------------------------------------------------------------------
+
+
+def test_mooncake_trace_shared_hash_blocks_are_served_from_the_cache(sim):
+    code, res, err = run(sim, "trace")
+    assert code == 0, (err, res and failed_checks(res))
+    r = res["results"]
+    assert r["format"] == "mooncake" and r["ok"] == r["trace_requests"] == 10
+    # lines 3, 4, 5, 7, 8, 10 share 2, 1, 2, 1, 2, 1 whole 512-token blocks with earlier lines
+    assert r["reuse"]["expected_shared_tokens"] == 9 * 512
+    assert r["reuse"]["cache_hit_tokens"] >= 0.9 * r["reuse"]["expected_chunk_tokens"]
+    by_line = {row["line"]: row for row in r["per_request"]}
+    assert by_line["3"]["log_hit_tokens"] >= 1024 - 256 and by_line["6"]["expected_shared_tokens"] == 0
+    # honoured timestamps: the last request went out ~3.1 s after the first
+    assert 3.0 <= by_line["10"]["sent_s"] <= 4.0 and r["schedule"]["max_late_s"] < 1.0
+    assert {f["file"] for f in r["figures"]} == {"ttft.png", "hits.png"}
+
+
+def test_trace_with_timestamps_ignored_goes_as_fast_as_concurrency_allows(sim):
+    code, res, err = run(sim, "trace", "timestamps=ignore", "concurrency=1")
+    assert code == 0, (err, res and failed_checks(res))
+    assert res["results"]["wall_s"] < 3.0  # the trace spans 3.1 s
+    assert all(row["due_s"] is None for row in res["results"]["per_request"])
+
+
+def test_trace_fails_when_a_nonce_breaks_every_shared_prefix(sim):
+    code, res, err = run(sim, "trace", "nonce=true", "timestamps=ignore")
+    # with a nonce nothing is shared by design: the reuse checks do not apply, and no hits are seen
+    assert code == 0, err
+    assert res["results"]["reuse"]["expected_shared_tokens"] == 0
+    assert res["results"]["reuse"]["cache_hit_tokens"] < 256
+
+
+def test_seed003_trace_nonce_first_and_extra_inputs_pass_through(sim):
+    code, res, err = run(sim, "trace-seed003")
+    assert code == 0, (err, res and failed_checks(res))
+    r = res["results"]
+    assert r["format"] == "single-turn" and r["ok"] == 6
+    assert r["output_tokens_each"] == [8] * 6
+
+
+def test_seed003_trace_without_ignore_eos_stops_early_and_the_check_says_so(sim):
+    code, res, err = run(sim, "trace-seed003", "extra_body.ignore_eos=false", "max_tokens=400", "max_output_tokens=400")
+    assert code == 1, err
+    assert "every request got exactly max_tokens output tokens (ignore_eos reached the engine)" in failed_checks(res)
+
+
+def test_multi_turn_trace_carries_the_conversation(sim, tmp_path):
+    code, res, err = run(sim, "trace", "file=traces/multi-turn-sample.jsonl", "max_tokens=8")
+    assert code == 0, (err, res and failed_checks(res))
+    r = res["results"]
+    assert r["format"] == "multi-turn" and r["sessions"] == 2 and r["ok"] == 5
+    rows = sorted(r["per_request"], key=lambda x: (x["session"], int(x["turn"])))
+    alice = [x for x in rows if x["session"] == "alice"]
+    # each turn carries the earlier ones: its prompt grows, and it is served from the cache
+    assert alice[0]["prompt_tokens"] < alice[1]["prompt_tokens"] < alice[2]["prompt_tokens"]
+    assert alice[2]["log_hit_tokens"] >= 256
+
+
+def test_a_trace_line_with_an_unknown_field_is_refused_with_its_line(sim, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input_length": 10, "hash_ids": [1]}\n{"input_length": 10, "hashids": [1]}\n')
+    code, res, err = run(sim, "trace", f"file={bad}")
+    assert code == 2
+    assert f"{bad}:2: hashids: Extra inputs are not permitted" in err
