@@ -37,6 +37,7 @@ class Session:
     at_s: float | None = None  # start offset from the replay's start (None: when a slot is free)
     history: bool = True  # later turns carry the earlier turns and their answers
     name: str = ""
+    past: list[tuple[str, str]] = field(default_factory=list)  # history before the first turn (question, answer)
     raw: bool = False  # completions: send system + text as they are (no "User:/Assistant:" framing)
 
 
@@ -88,7 +89,7 @@ async def replay(sessions: Sequence[Session], *, model: str, client: Any, concur
     not_sent = [0]
 
     async def one_session(s: Session) -> None:
-        past: list[tuple[str, str]] = []
+        past: list[tuple[str, str]] = list(s.past)
         due = None if s.at_s is None else t0 + s.at_s / max(speedup, 1e-9)
         for i, turn in enumerate(s.turns):
             if i > 0:

@@ -116,3 +116,64 @@ def test_a_trace_line_with_an_unknown_field_is_refused_with_its_line(sim, tmp_pa
     code, res, err = run(sim, "trace", f"file={bad}")
     assert code == 2
     assert f"{bad}:2: hashids: Extra inputs are not permitted" in err
+
+
+# ---- multi-round-qa -------------------------------------------------------------------------------
+
+
+def test_multi_round_qa_reuse_grows_with_the_history(sim):
+    code, res, err = run(sim, "multi-round-qa")
+    assert code == 0, (err, res and failed_checks(res))
+    r = res["results"]
+    assert r["ok"] == 12 and len(r["rounds"]) == 3
+    prompt = [x["prompt_tokens_mean"] for x in r["rounds"]]
+    assert prompt[0] < prompt[1] < prompt[2]
+    frac = r["hit_fraction_per_round"]
+    assert frac[0] < frac[1] < frac[2] and frac[2] > 0.6
+    assert all(x["cache_hit_tokens"] > 0 for x in r["rounds"])  # lockstep: a metrics delta per round
+
+
+def test_multi_round_qa_free_running_users_also_report_rounds(sim):
+    code, res, err = run(sim, "multi-round-qa", "lockstep=false", "users=3", "qps=6")
+    assert code == 0, (err, res and failed_checks(res))
+    assert [x["requests"] for x in res["results"]["rounds"]] == [3, 3, 3]
+
+
+def test_multi_round_qa_fails_when_the_history_is_too_short_to_fill_a_chunk(sim):
+    # no shared system prompt, tiny context and answers: nothing reaches a whole 256-token chunk
+    code, res, err = run(sim, "multi-round-qa", "system_prompt_tokens=0", "user_info_tokens=8", "answer_tokens=4",
+                         "question_tokens=8")
+    assert code == 1, err
+    failed = failed_checks(res)
+    assert "the last round was served from a cache (at least half of each prompt)" in failed
+
+
+# ---- long-doc-qa ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode,expected", [("tile", [0, 1, 2, 0, 1, 2]), ("interleave", [0, 0, 1, 1, 2, 2])])
+def test_long_doc_qa_warm_beats_cold_in_each_repeat_mode(sim, mode, expected):
+    code, res, err = run(sim, "long-doc-qa", f"repeat_mode={mode}", "documents=3")
+    assert code == 0, (err, res and failed_checks(res))
+    r = res["results"]
+    assert r["query_order"] == expected
+    assert r["warm_up"]["cache_hit_tokens"] == 0 and r["query"]["hit_rate"] > 0.9
+    assert r["query"]["log_hit_tokens_min"] >= 1024 - 256 and r["ttft_speedup_p50"] > 1.2
+
+
+def test_long_doc_qa_random_order_is_a_shuffle_of_every_repeat(sim):
+    code, res, err = run(sim, "long-doc-qa", "repeat_count=3", "documents=2", "shuffle_seed=3")
+    assert code == 0, (err, res and failed_checks(res))
+    q = res["results"]["query_order"]
+    assert sorted(q) == [0, 0, 0, 1, 1, 1] and q != [0, 1, 0, 1, 0, 1]
+
+
+def test_long_doc_qa_fails_when_documents_are_shorter_than_a_chunk(sim):
+    code, res, err = run(sim, "long-doc-qa", "document_tokens=200", "documents=2")
+    assert code == 1, err
+    assert "every query request's LMCache line reports hits (log)" in failed_checks(res)
+
+
+def test_long_doc_qa_refuses_documents_longer_than_the_engine_takes(sim):
+    code, _, err = run(sim, "long-doc-qa", "document_tokens=5000")
+    assert code == 2 and "max-model-len 1600" in err and "--set document_tokens=" in err
