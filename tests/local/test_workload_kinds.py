@@ -177,3 +177,26 @@ def test_long_doc_qa_fails_when_documents_are_shorter_than_a_chunk(sim):
 def test_long_doc_qa_refuses_documents_longer_than_the_engine_takes(sim):
     code, _, err = run(sim, "long-doc-qa", "document_tokens=5000")
     assert code == 2 and "max-model-len 1600" in err and "--set document_tokens=" in err
+
+
+# ---- harness --------------------------------------------------------------------------------------
+
+
+def test_aiperf_harness_runs_against_the_sim_and_its_numbers_sit_beside_the_own_client(sim):
+    pytest.importorskip("aiperf", reason="aiperf is not installed: pip install aiperf==0.13.0 (scripts/test.sh does)")
+    code, res, err = run(sim, "harness-aiperf", "requests=8", timeout=600)
+    assert code == 0, (err, res and failed_checks(res))
+    r = res["results"]
+    h, own = r["harness"], r["own_client"]
+    assert h["exit_code"] == 0 and h["completed"] == 8
+    assert any(f.endswith("profile_export_aiperf.json") for f in h["files"])
+    assert h["ttft_p50_ms"] > 0 and h["itl_p50_ms"] > 0 and h["requests_per_s"] > 0
+    assert own["completed"] == 8 and own["ttft_p50_ms"] > 0
+    assert h["engine_generation_tokens"] >= 8 * 16  # the sim generated what AIPerf asked for (ignore_eos)
+    assert h["lmcache_log_lines"] >= 8  # log evidence ran around it
+
+
+def test_a_missing_harness_tool_is_skipped_with_the_install_line(sim):
+    code, _, err = run(sim, "harness-aiperf", "command=/nonexistent/aiperf")
+    assert code == 2
+    assert "skipped: aiperf is not installed" in err and "pip install aiperf==0.13.0" in err
