@@ -69,6 +69,17 @@ def run_command(c: Ctx, scenario: str | None, *, list_: bool, overrides: list[st
 
 
 def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
+    result = run_scenario(c, spec, params, status=not c.as_json)
+    if c.as_json:
+        c.emit_json(result)
+    else:
+        print_result(c.console(), result)
+    return 0 if result["verdict"] == "pass" else 1
+
+
+def run_scenario(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any, *, status: bool = False) -> dict[str, Any]:
+    """Run one scenario against the running cluster: its folder written, the result returned
+    (``verdict`` pass | fail). Raises :class:`ScenarioCannotRun` (exit 2) with the reason."""
     from ..cluster import http_health
     from ..nodes import close_all, open_nodes
     from ..metrics import save_jsonl
@@ -86,14 +97,13 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
     out = _next_dir(state.run_dir() / "scenarios", spec.name)
     nodes, _ = open_nodes(inv, plan, c.ssh_config, names=sorted({p.host for p in plan.processes()}))
     wb = Workbench(inv, plan, nodes, out, extra_body=spec.extra_body)
-    con = c.console()
     started = now()
     t0 = time.monotonic()
     sampler = None
     try:
         if spec.sample_interval_s:
             sampler = wb.sampler(spec.sample_interval_s, max_duration_s=3600).start()
-        with con.status(f"running {spec.name} ({spec.kind}) on cluster {plan.cluster}…", spinner="dots") if not c.as_json else _null():
+        with c.console().status(f"running {spec.name} ({spec.kind}) on cluster {plan.cluster}…", spinner="dots") if status else _null():
             outcome = KINDS[spec.kind].run(wb, spec, params)
     finally:
         samples = sampler.stop() if sampler else []
@@ -117,8 +127,8 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
 
     result = {"scenario": spec.name, "kind": spec.kind, "description": spec.description, "seed_doc": spec.seed,
               "cluster": plan.cluster, "run_id": state.run_id, "started_at": started, "seconds": round(took, 3),
-              "params": params.model_dump(), "verdict": verdict, "checks": checks, "headline": outcome.headline,
-              "results": outcome.results, "notes": wb.notes, "dir": str(out)}
+              "params": params.model_dump(), "extra_body": spec.extra_body, "verdict": verdict, "checks": checks,
+              "headline": outcome.headline, "results": outcome.results, "notes": wb.notes, "dir": str(out)}
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
     with (out / "requests.jsonl").open("w") as fh:
         for r in outcome.records:
@@ -129,12 +139,7 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
     state = load_state(plan.cluster) or state  # a scenario may have restarted processes: keep their new pids
     state.scenario_runs.append(str(out.relative_to(state.run_dir())))
     save_state(state)
-
-    if c.as_json:
-        c.emit_json(result)
-    else:
-        print_result(con, result)
-    return 0 if verdict == "pass" else 1
+    return result
 
 
 def print_result(con: Any, result: dict[str, Any]) -> None:
