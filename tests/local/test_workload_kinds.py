@@ -200,3 +200,17 @@ def test_a_missing_harness_tool_is_skipped_with_the_install_line(sim):
     code, _, err = run(sim, "harness-aiperf", "command=/nonexistent/aiperf")
     assert code == 2
     assert "skipped: aiperf is not installed" in err and "pip install aiperf==0.13.0" in err
+
+
+# ---- report ---------------------------------------------------------------------------------------
+
+
+def test_the_report_draws_the_figures_each_workload_kind_describes(sim):
+    code, res, err = run(sim, "long-doc-qa", "documents=2", "repeat_count=1")
+    assert code == 0, err
+    r = sim("collect", timeout=300)  # collect writes the report
+    assert r.code == 0, r.err
+    out = Path(res["dir"])
+    plots = out.parents[1] / "plots"
+    assert (plots / f"{out.name}-ttft.png").stat().st_size > 1000 and (plots / f"{out.name}-hits.png").is_file()
+    assert f"{out.name}-ttft.png" in (out.parents[1] / "report.md").read_text()
