@@ -522,7 +522,7 @@ def write_report(spec: SweepSpec, result: SweepResult, out: Path) -> None:
                 figs.append(f"plots/{fname}")
     md = [f"# sweep {spec.name}", "", spec.description, "",
           f"scenario `{spec.scenario}`, {len(result.points)} points × {spec.trials} trials; "
-          f"wall time {result.wall_s:.1f} s, sum of the points {result.points_s:.1f} s"
+          f"wall time of this invocation {result.wall_s:.1f} s, sum of the points (their own runs, resumed ones included) {result.points_s:.1f} s"
           + ("" if result.complete else " (**incomplete**: interrupted or failed; `--resume` goes on)"), "",
           "| point | " + " | ".join(labels) + " | restarted | passed | " + " | ".join(m.name for m in spec.metrics) + " |",
           "|" + "---|" * (len(labels) + 3 + len(spec.metrics))]
