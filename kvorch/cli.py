@@ -322,6 +322,36 @@ def demo(c: Ctx, keep: bool) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+@cli.command()
+@click.argument("file")
+@click.option("--dry-run", is_flag=True, help="list the points and the restarts each needs; touch no host")
+@click.option("--resume", is_flag=True, help="skip the points (and trials) a previous run of this sweep finished")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="sweep folder (default logs/sweeps/NAME)")
+@_json_option
+@pass_ctx
+def sweep(c: Ctx, file: str, dry_run: bool, resume: bool, out_dir: str | None) -> None:
+    """Run a sweep file (sweeps/*.yaml): factors over inventory settings and scenario parameters,
+    trials per point; only processes whose rendered files changed are restarted between points."""
+    from . import sweep as sweep_mod
+
+    con = c.console()
+    res = sweep_mod.run_sweep(sweep_mod.find(file), ssh_config=c.ssh_config, out_dir=Path(out_dir) if out_dir else None,
+                              resume=resume, dry_run=dry_run, progress=None if c.as_json else con.print)
+    if c.as_json:
+        c.emit_json(res.model_dump())
+        return
+    for p in res.points:
+        lv = ", ".join(f"{k}={v}" for k, v in p.levels.items())
+        if res.dry_run:
+            con.print(f"{p.id}: {lv}: restart {', '.join(p.restarted) or 'nothing'}"
+                      + (f" ({p.restart_reason})" if p.restart_reason else ""))
+    if not res.dry_run:
+        for name, b in res.best.items():
+            con.print(f"best {name} ({b['goal']}): {b['point']} = {b['mean']:.4g}")
+        con.print(f"[bold]sweep {res.name}[/]: {len(res.points)} points in {res.wall_s:.1f} s "
+                  f"(sum of points {res.points_s:.1f} s) → {res.report}")
+
+
 def _finish(c: Ctx, result: Any) -> None:
     """Commands return an exit code (int) or None."""
     if isinstance(result, int) and result != 0:

@@ -265,3 +265,65 @@ def compare_headline(rows: Sequence[tuple[str, float | None, float | None]], lab
             ax.set_ylim(0, 1)
     fig.suptitle(f"{title}\nA = {labels[0]}   B = {labels[1]}", fontsize=10)
     return _save(fig, path)
+
+
+def series(spec: Mapping[str, Any], path: Path) -> Path | None:
+    """A figure a scenario kind described in its results (``{"title", "x_label", "y_label", "kind":
+    line | scatter | bar, "series": {label: [[x, y], …]}}``)."""
+    data = {k: [(x, y) for x, y in pts if y is not None] for k, pts in (spec.get("series") or {}).items()}
+    data = {k: v for k, v in data.items() if v}
+    if not data:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 3.4))
+    kind = spec.get("kind", "line")
+    cats = [x for pts in data.values() for x, _ in pts if isinstance(x, str)]
+    order = list(dict.fromkeys(cats))
+    width = 0.8 / max(1, len(data))
+    for i, (label, pts) in enumerate(data.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        xs = [order.index(x) if isinstance(x, str) else x for x, _ in pts]
+        ys = [float(y) for _, y in pts]
+        if kind == "bar":
+            off = (i - (len(data) - 1) / 2) * width if (order or len(data) > 1) else 0.0
+            ax.bar([x + off for x in xs], ys, width=width if (order or len(data) > 1) else 0.8, color=colour, label=label)
+        elif kind == "scatter":
+            ax.scatter(xs, ys, s=14, color=colour, label=label)
+        else:
+            ax.plot(xs, ys, marker="o", ms=3, color=colour, label=label)
+    if order:
+        ax.set_xticks(range(len(order)), order, rotation=20, ha="right")
+    ax.set_title(spec.get("title", ""))
+    ax.set_xlabel(spec.get("x_label", ""))
+    ax.set_ylabel(spec.get("y_label", ""))
+    if len(data) > 1:
+        ax.legend(frameon=False)
+    return _save(fig, path)
+
+
+def sweep_metric(groups: Mapping[str, Sequence[tuple[Any, float | None, float | None, float | None]]], title: str,
+                 x_label: str, y_label: str, path: Path) -> Path | None:
+    """One sweep metric against one factor: a line per combination of the other factors, the mean
+    with its interval (lo, hi) as error bars when there is one."""
+    plt = _pyplot()
+    if not any(m is not None for pts in groups.values() for _, m, _, _ in pts):
+        return None
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    levels = list(dict.fromkeys(x for pts in groups.values() for x, *_ in pts))
+    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in levels)
+    for i, (label, pts) in enumerate(groups.items()):
+        pts = [p for p in pts if p[1] is not None]
+        xs = [x if numeric else levels.index(x) for x, *_ in pts]
+        ys = [m for _, m, _, _ in pts]
+        err = [[m - lo if lo is not None else 0 for _, m, lo, _ in pts], [hi - m if hi is not None else 0 for _, m, _, hi in pts]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=3, color=PALETTE[i % len(PALETTE)], label=label)
+    if numeric:
+        ax.set_xticks(levels)
+    else:
+        ax.set_xticks(range(len(levels)), [str(x) for x in levels])
+    ax.set_title(title)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    if len(groups) > 1:
+        ax.legend(frameon=False)
+    return _save(fig, path)

@@ -253,6 +253,9 @@ def build_report(run_dir: Path | str) -> dict[str, Any]:
         events = [{"t": r["started_at"], "label": f"{r['phase']}@{r['engine']}", "phase": r["phase"]} for r in rows]
         figs.append(fig(f"{sr.name}-timeline.png", "KV usage and hit rate over time", sr.name, plots.timeline,
                         sr.samples, events, f"{sr.name}: KV usage and hit rate over time"))
+        for spec in ((res.get("results") or {}).get("figures") or []):  # figures a scenario kind described
+            if isinstance(spec, dict) and spec.get("file"):
+                figs.append(fig(f"{sr.name}-{spec['file']}", spec.get("title", spec["file"]), sr.name, plots.series, spec))
         checks = res.get("checks") or []
         scen_ctx.append({
             "name": sr.name, "scenario": sr.scenario, "kind": res.get("kind"), "description": res.get("description"),

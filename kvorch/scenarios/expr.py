@@ -148,3 +148,12 @@ def evaluate(text: str, env: dict[str, Any]) -> Outcome:
     except (TypeError, ZeroDivisionError) as e:
         return Outcome(False, f"cannot evaluate: {e}")
     return Outcome(bool(value), "; ".join(shown) or _fmt(value))
+
+
+def value(text: str, env: dict[str, Any]) -> Any:
+    """The value of an expression over the results (None when something it reads was not measured)."""
+    tree = compile_expr(text)
+    try:
+        return _eval(tree, env, [])
+    except (Missing, TypeError, ZeroDivisionError):
+        return None

@@ -69,6 +69,17 @@ def run_command(c: Ctx, scenario: str | None, *, list_: bool, overrides: list[st
 
 
 def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
+    result = run_scenario(c, spec, params, status=not c.as_json)
+    if c.as_json:
+        c.emit_json(result)
+    else:
+        print_result(c.console(), result)
+    return 0 if result["verdict"] == "pass" else 1
+
+
+def run_scenario(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any, *, status: bool = False) -> dict[str, Any]:
+    """Run one scenario against the running cluster: its folder written, the result returned
+    (``verdict`` pass | fail). Raises :class:`ScenarioCannotRun` (exit 2) with the reason."""
     from ..processes import http_health
     from ..nodes import close_all, open_nodes
     from ..metrics import save_jsonl
@@ -95,8 +106,7 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
         close_all(nodes)
         raise ScenarioCannotRun(f"not healthy: {', '.join(sick)}", hint="`orchestrate status` and `orchestrate logs NAME` show why")
     out = _next_dir(state.run_dir() / "scenarios", spec.name)
-    wb = Workbench(inv, plan, nodes, out)
-    con = c.console()
+    wb = Workbench(inv, plan, nodes, out, extra_body=spec.extra_body)
     started = now()
     t0 = time.monotonic()
     sampler = None
@@ -104,7 +114,7 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
         if spec.sample_interval_s:
             sampler = wb.sampler(spec.sample_interval_s, max_duration_s=3600).start()
         try:
-            with con.status(f"running {spec.name} ({spec.kind}) on cluster {plan.cluster}…", spinner="dots") if not c.as_json else _null():
+            with c.console().status(f"running {spec.name} ({spec.kind}) on cluster {plan.cluster}…", spinner="dots") if status else _null():
                 outcome = KINDS[spec.kind].run(wb, spec, params)
         except KeyboardInterrupt:
             raise Interrupted(f"{spec.name} interrupted: its requests were cancelled; the cluster is still up",
@@ -140,8 +150,8 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
 
     result = {"scenario": spec.name, "kind": spec.kind, "description": spec.description, "seed_doc": spec.seed,
               "cluster": plan.cluster, "run_id": state.run_id, "started_at": started, "seconds": round(took, 3),
-              "params": params.model_dump(), "verdict": verdict, "checks": checks, "headline": outcome.headline,
-              "results": outcome.results, "notes": wb.notes, "dir": str(out)}
+              "params": params.model_dump(), "extra_body": spec.extra_body, "verdict": verdict, "checks": checks,
+              "headline": outcome.headline, "results": outcome.results, "notes": wb.notes, "dir": str(out)}
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
     with (out / "requests.jsonl").open("w") as fh:
         for r in outcome.records:
@@ -152,12 +162,7 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
     state = load_state(plan.cluster) or state  # a scenario may have restarted processes: keep their new pids
     state.scenario_runs.append(str(out.relative_to(state.run_dir())))
     save_state(state)
-
-    if c.as_json:
-        c.emit_json(result)
-    else:
-        print_result(con, result)
-    return 0 if verdict == "pass" else 1
+    return result
 
 
 def _not_running(plan: Any, nodes: dict[str, Any]) -> dict[str, str]:

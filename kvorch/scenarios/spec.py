@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from ..errors import UserError
 from ..yamlfile import Problem, YamlDoc, pydantic_problems
@@ -38,7 +38,16 @@ class ScenarioSpec(BaseModel):
                                     description="slot → engine name, or role:<prefill|decode|both>, or 'all'")
     params: dict[str, Any] = Field(default_factory=dict)
     sample_interval_s: float | None = Field(0.5, gt=0, description="background metrics sampling (null: off)")
+    extra_body: dict[str, Any] = Field(default_factory=dict,
+                                       description="fields added to the body of every request the scenario sends "
+                                                   "(seed 003's EXTRA_INPUTS), e.g. {cache_salt: run-1}")
     checks: list[CheckSpec] = Field(default_factory=list)
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source_dir(self) -> Path | None:
+        """The folder of the scenario file (files it names are looked up there too)."""
+        return self._source
 
 
 def scenario_dirs() -> list[Path]:
@@ -78,6 +87,7 @@ def load(path: Path, overrides: list[str] | None = None) -> tuple[ScenarioSpec, 
         spec = ScenarioSpec.model_validate(doc.data)
     except ValidationError as e:
         raise doc.fail(pydantic_problems(e), "scenario") from None
+    spec._source = path.resolve().parent
     problems: list[Problem] = []
     if spec.kind not in KINDS:
         problems.append(Problem(("kind",), f"unknown kind {spec.kind!r}", f"one of: {', '.join(sorted(KINDS))}"))
@@ -103,8 +113,12 @@ def load(path: Path, overrides: list[str] | None = None) -> tuple[ScenarioSpec, 
             value = raw
         if value is None and raw.strip().lower() not in ("null", "~", "none"):
             value = raw  # e.g. " ## " (a YAML comment): the user meant the text
-        params[key.strip()] = value
-        from_flags.add(key.strip())
+        key = key.strip()
+        if key.startswith("extra_body."):  # --set extra_body.cache_salt=x: a request field, not a parameter
+            spec.extra_body[key[len("extra_body."):]] = value
+            continue
+        params[key] = value
+        from_flags.add(key)
     model = KINDS[spec.kind].Params
     try:
         p = model.model_validate(params)

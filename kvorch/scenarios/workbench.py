@@ -40,8 +40,11 @@ class LogMark:
 
 
 class Workbench:
-    def __init__(self, inv: Inventory, plan: Plan, nodes: dict[str, Node], out_dir: Path, *, request_timeout: float = 300.0):
+    def __init__(self, inv: Inventory, plan: Plan, nodes: dict[str, Node], out_dir: Path, *, request_timeout: float = 300.0,
+                 extra_body: dict[str, Any] | None = None):
         self.inv = inv
+        #: fields added to every request's body (the scenario's ``extra_body:``); a request's own win
+        self.extra_body: dict[str, Any] = dict(extra_body or {})
         self.plan = plan
         self.nodes = nodes
         self.out_dir = out_dir
@@ -110,7 +113,7 @@ class Workbench:
         return self._loop.run_until_complete(oa.send(
             self._aclient, engine.name, engine.api_url or "", self.model, prompt=prompt, max_tokens=max_tokens,
             temperature=0.0, timeout=self.request_timeout,
-            request_id=request_id or oa.new_request_id("kvorch", engine.name), extra_body=extra_body, tags=tags))
+            request_id=request_id or oa.new_request_id("kvorch", engine.name), extra_body=self.body(extra_body), tags=tags))
 
     def load(self, requests: Sequence[oa.LoadRequest], *, concurrency: int, rate_rps: float | None,
              max_duration_s: float, seed: int = 0) -> list[oa.RequestRecord]:
@@ -122,7 +125,12 @@ class Workbench:
                 extra_body: dict[str, Any] | None = None) -> oa.LoadRequest:
         return oa.LoadRequest(engine=engine.name, base_url=engine.api_url or "", model=self.model, prompt=prompt,
                               max_tokens=max_tokens, request_id=oa.new_request_id("kvorch", engine.name),
-                              tags=tags or {}, extra_body=extra_body)
+                              tags=tags or {}, extra_body=self.body(extra_body))
+
+    def body(self, extra_body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The scenario's extra body fields with a request's own on top (None when there are none)."""
+        merged = {**self.extra_body, **(extra_body or {})}
+        return merged or None
 
     def tokenize(self, engine: ProcessSpec, text: str) -> list[int] | None:
         """Token ids from the engine's own tokenizer (POST /tokenize), None when unsupported."""

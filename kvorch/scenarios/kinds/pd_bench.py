@@ -224,7 +224,7 @@ async def _drive(wb: Workbench, pre: Any, dec: Any, pipes: list[Pipeline], p: Pa
         async def send(e: Any, prompt: str, max_tokens: int, phase: str, pl: Pipeline, body: dict | None) -> oa.RequestRecord:
             return await oa.send(client, e.name, e.api_url or "", wb.model, prompt=prompt, max_tokens=max_tokens,
                                  temperature=0.0, timeout=max(0.001, min(wb.request_timeout, remaining())),
-                                 request_id=oa.new_request_id("kvorch", e.name), extra_body=body,
+                                 request_id=oa.new_request_id("kvorch", e.name), extra_body=wb.body(body),
                                  tags={"phase": phase, "pipeline": str(pl.index), "measured": str(pl.measured).lower()})
 
         async def one(pl: Pipeline) -> None:
