@@ -63,7 +63,7 @@ def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[Proces
                     del pending[name]
             if pending and time.monotonic() >= next_alive_check:
                 for name, st in not_running(nodes, list(pending.values()), pids).items():
-                    failures[name] = f"exited during startup ({st})"
+                    failures[name] = st if st.startswith("host ") else f"exited during startup ({st})"
                     del pending[name]
                 next_alive_check = time.monotonic() + 1.0
             if pending:

@@ -260,15 +260,22 @@ def stop_all(plan: Plan, nodes: dict[str, Node], names: list[str] | None, grace:
 def not_running(nodes: dict[str, Node], procs: list[ProcessSpec], pids: dict[str, int]) -> dict[str, str]:
     """Of ``procs``, those whose group leader is not running now (name → state): one round trip
     per host, in parallel. The leader is the wrapper that waits for the process: it exits when the
-    process does. A host that cannot answer counts as no news."""
+    process does. A host whose connection is lost (HostUnreachable) fails its processes; another
+    error counts as no news."""
     from .hosts.parallel import run_parallel
 
     by_host: dict[str, list[ProcessSpec]] = {}
     for p in procs:
         by_host.setdefault(p.host, []).append(p)
+    from .hosts.base import HostUnreachable
+
     states = run_parallel(by_host, lambda ps: nodes[ps[0].host].ops.process_states([pids[p.name] for p in ps]))
     out: dict[str, str] = {}
     for host, st in states.items():
+        if isinstance(st, HostUnreachable):  # the host itself is gone: its processes cannot be watched
+            for p in by_host[host]:
+                out[p.name] = f"host {host} lost: {st}"
+            continue
         if isinstance(st, BaseException):
             continue
         for p in by_host[host]:

@@ -127,6 +127,18 @@ class Cluster:
         assert d.code == 0, d.out + d.err
         self.assert_nothing_left()
 
+    def kill_process(self, name: str) -> None:
+        """SIGKILL everything of one process (it stops writing its log)."""
+        want = f"{MARKER}{self.name}/{name}".encode()
+        for pid in marked_pids(self.name):
+            try:
+                if want in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+        wait_for(lambda: not any(want in Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
+                                 for p in marked_pids(self.name) if Path(f"/proc/{p}").exists()), timeout=10)
+
     def cleanup(self) -> None:
         self("down", "--no-collect", "--grace", "1")
         for pid in marked_pids(self.name):  # the last resort: never leave a process behind
