@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InventoryError
-from .yamlfile import Problem, YamlDoc, format_path, pydantic_problems
+from .yamlfile import Problem, YamlDoc, format_path, pydantic_problems, read_user_file
 
 Port = int  # validated by Field(ge=1, le=65535) where used
 
@@ -177,7 +177,7 @@ class TinyModelSpec(Strict):
 
 
 class EngineSpec(EnvMixin):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     host: str
     role: Literal["prefill", "decode", "both"] = "both"
     port: int = Field(ge=1, le=65535)
@@ -203,7 +203,7 @@ class EngineSpec(EnvMixin):
 
 
 class Inventory(EnvMixin):
-    cluster: str = Field("cluster", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    cluster: str = Field("cluster", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     description: str | None = None
     topology: Topology = "p2p"
     engine: EngineKind = "vllm"
@@ -251,7 +251,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read, parse and validate an inventory file. Raises InventoryError with every problem."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = read_user_file(p, InventoryError, "inventory")
     except FileNotFoundError:
         raise InventoryError(
             f"{p}: no such inventory file",

@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
-from .yamlfile import YamlDoc, pydantic_problems
+from .yamlfile import YamlDoc, pydantic_problems, read_user_file
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 
@@ -135,7 +135,7 @@ def find(name: str) -> Path:
 
 
 def load(path: Path) -> SweepSpec:
-    doc = YamlDoc(path.read_text(), str(path), SweepError)
+    doc = YamlDoc(read_user_file(path, SweepError, "sweep"), str(path), SweepError)
     if not isinstance(doc.data, dict):
         raise SweepError(f"{path}: a sweep must be a YAML mapping (name, inventory, scenario, factors, metrics)")
     try:

@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from ..errors import UserError
-from ..yamlfile import Problem, YamlDoc, pydantic_problems
+from ..yamlfile import Problem, YamlDoc, pydantic_problems, read_user_file
 from .expr import ExprError, compile_expr
 
 SCENARIOS_DIR = Path(__file__).resolve().parent.parent.parent / "scenarios"
@@ -80,7 +80,7 @@ def load(path: Path, overrides: list[str] | None = None) -> tuple[ScenarioSpec, 
     """The scenario and its validated parameters (defaults ← file ← --set)."""
     from .kinds import KINDS
 
-    doc = YamlDoc(path.read_text(), str(path), ScenarioError)
+    doc = YamlDoc(read_user_file(path, ScenarioError, "scenario"), str(path), ScenarioError)
     if not isinstance(doc.data, dict):
         raise ScenarioError(f"{path}: a scenario must be a YAML mapping (name:, kind:, params:, checks:)")
     try:
