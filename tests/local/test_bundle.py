@@ -102,3 +102,48 @@ def test_the_host_refuses_a_bundle_whose_content_does_not_match_its_name(node):
 @pytest.mark.parametrize("version,bad", [("3.8.18", True), ("3.9.0", True), ("3.10.0", False), ("3.13.1", False)])
 def test_interpreter_versions_below_3_10_are_refused(version, bad):
     assert (bundle.version_problem(version) is not None) == bad
+
+
+# ---- the plan: who gets the bundle, and how ----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _plan(inventory: str):
+    from kvorch.inventory import load_inventory
+    from kvorch.plan import build_plan
+
+    return build_plan(load_inventory(ROOT / inventory))
+
+
+def test_sim_launch_scripts_put_the_bundle_first_on_pythonpath():
+    plan = _plan("inventories/loopback.yaml")
+    b = bundle.local_bundle()
+    for h in plan.hosts:
+        assert h.bundle == b.sha256
+        for p in h.processes:
+            script = next(f.content for f in h.files if f.path == p.launch_script)
+            assert (f'export PYTHONPATH="$PWD"/{b.dir}:"$PWD"/{b.dir}/deps${{PYTHONPATH:+:$PYTHONPATH}}'
+                    in script.splitlines())
+
+
+def test_real_engines_get_no_bundle_but_the_tiny_model_step_does():
+    plan = _plan("inventories/loopback-cpu.yaml")  # LMCache server + two vLLM engines + tiny_model
+    for h in plan.hosts:
+        assert all(not p.python_path for p in h.processes)
+        assert all("PYTHONPATH" not in f.content for f in h.files if f.path.endswith(".sh"))
+        assert (h.bundle is not None) == bool(h.prepare)
+    assert any(h.prepare for h in plan.hosts)
+
+
+def test_the_tiny_model_step_sees_kvorch_from_the_bundle_and_not_its_deps(node):
+    bundle.ensure(node)
+    env = bundle.prepare_env(node)
+    assert env == {"PYTHONPATH": str(Path(node.workdir) / bundle.local_bundle().dir)}
+    r = subprocess.run([sys.executable, "-S", "-c", "import kvorch.tinymodel, importlib.util as u; "
+                        "print(kvorch.tinymodel.__file__); print(u.find_spec('yaml'))"],
+                       env={**env, "PATH": "/usr/bin:/bin"}, cwd=node.workdir, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    where, yaml_spec = r.stdout.split()
+    assert where.startswith(env["PYTHONPATH"]) and yaml_spec == "None"  # the host's PyYAML, not ours
