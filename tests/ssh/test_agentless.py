@@ -56,7 +56,7 @@ def empty_venv(tmp_path) -> Path:
     subprocess.run([_lowest_python_at_least_3_10(), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
     listing = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(sorted(d.metadata['Name'] for d in m.distributions()))"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+                             cwd=venv, capture_output=True, text=True, check=True).stdout.strip()  # not the checkout's kvorch.egg-info
     assert listing == "[]", listing  # nothing: no kvorch, no prometheus_client, no yaml
     return py
 
