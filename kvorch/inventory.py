@@ -74,7 +74,8 @@ class SshSpec(Strict):
 
 
 class HostSpec(EnvMixin):
-    address: str = Field(description="address the tool connects to and peers use (routable)")
+    address: str = Field(description="address the tool connects to and peers use (routable)",
+                         pattern=r"^[A-Za-z0-9_.:%-]+$", max_length=253)
     connector: Literal["ssh", "local"] = "ssh"
     ssh: SshSpec = Field(default_factory=SshSpec)
     workdir: str = Field("~/.orchestrate", description="working directory on the host (files, logs, pids)")
