@@ -1,26 +1,30 @@
-"""The cluster's lifecycle: a plan executed on its hosts. up, status, logs, down, demo.
+"""The cluster's lifecycle: a plan executed on its hosts. up, status, logs, down.
 
 Order of ``up``: lock → connect (parallel) → what already runs → preflight → upload → for each
 stage (controller/LMCache server, then engines): start detached in parallel, wait for health
-with progress → state file. A failure shows the failing process's log tail, stops what this ``up``
-started and exits non-zero.
+(events) → state file. A failure raises :class:`~kvorch.errors.StartFailed` with the failing
+process's log tail, after stopping what this ``up`` started. Nothing here prints: results are
+returned, progress goes to the session's :class:`~kvorch.events.Events`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import Interrupted, StartFailed, UserError
+from .errors import Interrupted, PreflightFailed, StartFailed, UserError
 from .nodes import Node, close_all, open_nodes
 from .plan import Plan, ProcessSpec
 from .processes import expected_members, http_health, leftovers, not_running, observe, start_process, stop_all
+from .results import DownResult, LogsResult, StatusResult, UpResult
 from .runstate import (ProcessState, HostState, RunState, clear_state, cluster_lock, load_state, new_run_id, now,
                        save_state)
 
 if TYPE_CHECKING:
-    from .cli import Ctx
+    from collections.abc import Iterator
+
+    from .events import Events
+    from .session import Session
 
 # ------------------------------------------------------------------------------------------------
 # up
@@ -54,27 +58,24 @@ def _prepare(node: Node) -> None:
                      what=cmd[2] if len(cmd) > 2 else cmd[0])
 
 
-def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[ProcessSpec], pids: dict[str, int],
+def _wait_healthy(ev: Events, plan: Plan, nodes: dict[str, Node], procs: list[ProcessSpec], pids: dict[str, int],
                   timeout: float) -> dict[str, str]:
     """Wait until every process answers its health URL. Returns failures: name → reason.
 
     Health is polled every 20 ms at first (the sim is up in well under a second), backing off to
     0.5 s; whether the processes are still alive is asked of their hosts once a second."""
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     pending = {p.name: p for p in procs}
     failures: dict[str, str] = {}
     t0 = time.monotonic()
     deadline = t0 + timeout
     next_alive_check = t0 + 1.0
-    con = c.console()
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=con, transient=True, disable=c.as_json) as progress:
-        tasks = {n: progress.add_task(f"{n}: waiting for {p.health_url}", total=1) for n, p in pending.items()}
+    for n, p in pending.items():
+        ev.waiting(n, p.health_url)
+    try:
         while pending and time.monotonic() < deadline:
             for name, p in list(pending.items()):
                 if http_health(p.health_url, timeout=1.0)[0]:
-                    progress.update(tasks[name], completed=1, description=f"{name}: healthy")
+                    ev.healthy(name, round(time.monotonic() - t0, 3))
                     del pending[name]
             if pending and time.monotonic() >= next_alive_check:
                 for name, st in not_running(nodes, list(pending.values()), pids).items():
@@ -84,6 +85,8 @@ def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[Proces
             if pending:
                 elapsed = time.monotonic() - t0
                 time.sleep(0.02 if elapsed < 5 else 0.1 if elapsed < 30 else 0.5)
+    finally:
+        ev.waiting_done()
     for name in pending:
         failures[name] = f"not healthy after {timeout:.0f} s ({pending[name].health_url})"
     # Healthy, and still alive: a process that died right away (e.g. could not bind its port while
@@ -96,18 +99,21 @@ def _wait_healthy(c: Ctx, plan: Plan, nodes: dict[str, Node], procs: list[Proces
     return failures
 
 
-def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) -> int:
+def up(c: Session, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) -> UpResult:
+    """Bring the cluster up (see the module docstring). A second ``up`` with the same files changes
+    nothing (``changed`` False)."""
     from .hosts.parallel import run_parallel
     from . import preflight as preflight_mod
 
     inv = c.inventory()
-    con = c.console()
+    ev = c.events
     t0 = time.monotonic()
     phases: dict[str, float] = {}
 
     def phase(name: str, since: float) -> float:
         now_ = time.monotonic()
         phases[name] = round(phases.get(name, 0.0) + now_ - since, 3)
+        ev.phase(name, phases[name])
         return now_
 
     with cluster_lock(plan.cluster, "up"):
@@ -126,7 +132,8 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
             stale = {n: o for n, o in obs_all.items() if o.ours and o.state != "running"}
             if stale:
                 for n, o in stale.items():
-                    con.print(f"[yellow]{n}[/] on {o.spec.host} is {o.state} ({o.detail}): stopping what is left of it")
+                    ev.info(f"{n} on {o.spec.host} is {o.state} ({o.detail}): stopping what is left of it")
+                ev.stopping(list(stale), "stale")
                 res = stop_all(plan, nodes, list(stale), grace=5.0)
                 bad = [f"{n}: {r['result']}" for n, r in res.items() if str(r.get("result", "")).startswith(("error", "still"))]
                 if bad:
@@ -140,11 +147,7 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                            for h in plan.hosts)
                 healthy = all(http_health(o.spec.health_url)[0] for o in obs_all.values())
                 if same and healthy:
-                    if c.as_json:
-                        c.emit_json({"changed": False, "run_id": state.run_id, "processes": sorted(running)})
-                    else:
-                        con.print(f"cluster [cyan]{plan.cluster}[/] is already up and healthy (run {state.run_id}): nothing changed")
-                    return 0
+                    return UpResult({"changed": False, "run_id": state.run_id, "processes": sorted(running)})
                 if not same:
                     raise UserError(f"cluster {plan.cluster!r} is running with a different configuration",
                                     hint="run `orchestrate down` first, then `orchestrate up`")
@@ -160,9 +163,9 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                 checks = preflight_mod.run_checks(inv, plan, nodes, skip_ports_of=running)
                 failed = [ch for ch in checks if ch.status == "fail"]
                 if failed:
-                    preflight_mod.print_checks(c, checks)
-                    raise UserError(f"preflight failed: {failed[0].host}: {failed[0].name}: {failed[0].detail}",
-                                    hint=failed[0].hint, details=[f"{ch.host}: {ch.name}: {ch.detail}" for ch in failed[1:]])
+                    raise PreflightFailed(f"preflight failed: {failed[0].host}: {failed[0].name}: {failed[0].detail}",
+                                          hint=failed[0].hint, checks=checks,
+                                          details=[f"{ch.host}: {ch.name}: {ch.detail}" for ch in failed[1:]])
 
             tp = phase("preflight", tp)
             shipped = _ship_bundles(nodes)
@@ -204,7 +207,7 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                             script_sha256=next(f.sha256 for f in nodes[p.host].plan.files if f.path == p.launch_script))
                     save_state(state)
                     tp = phase("start", tp)
-                    failures = _wait_healthy(c, plan, nodes, todo, pids, timeout)
+                    failures = _wait_healthy(ev, plan, nodes, todo, pids, timeout)
                     tp = phase("wait_healthy", tp)
                     if failures:
                         name, why = next(iter(failures.items()))
@@ -213,16 +216,17 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                         state.processes[p.name].healthy_at = now()
             except (_StartFailed, KeyboardInterrupt) as e:
                 interrupted = isinstance(e, KeyboardInterrupt)
+                tail = ""
                 if isinstance(e, _StartFailed):
                     tail = _safe_tail(nodes, e.spec)
-                    con.print(f"[bold red]{e.spec.name}[/] on {e.spec.host}: {e.reason}; last lines of {e.spec.log_path}:")
-                    con.print(tail or "(empty log)", markup=False, highlight=False)
+                    ev.start_failed(e.spec.name, e.spec.host, e.reason, e.spec.log_path, tail)
                 # Everything this `up` may have started (a start still in flight when the interrupt
                 # came has no pid here yet: the marker finds it).
                 mine = [p.name for p in plan.processes() if p.name not in running]
-                con.print(("interrupted: " if interrupted else "")
-                          + f"stopping what this `up` started: {', '.join(p.name for p in started) or 'nothing yet'}")
-                stopped = _rollback(con, plan, nodes, mine, grace=5.0)
+                ev.info(("interrupted: " if interrupted else "")
+                        + f"stopping what this `up` started: {', '.join(p.name for p in started) or 'nothing yet'}")
+                ev.stopping(mine, "interrupted" if interrupted else "rollback")
+                stopped = _rollback(ev, plan, nodes, mine, grace=5.0)
                 for p in started:
                     state.processes[p.name].stopped_at = now()
                 if not running:
@@ -240,7 +244,8 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
                 details = [f"{n}: {r}" for n, r in e.others.items() if n != e.spec.name] + left
                 raise StartFailed(f"{e.spec.name} on host {e.spec.host} failed: {e.reason}",
                                   hint=f"see the log above; `orchestrate logs {e.spec.name}`", details=details,
-                                  process=e.spec.name, host=e.spec.host, reason=e.reason, stopped=stopped) from None
+                                  process=e.spec.name, host=e.spec.host, reason=e.reason, stopped=stopped,
+                                  log_tail=tail, log_path=e.spec.log_path) from None
             # what each process is made of once healthy: a child that dies later makes it degraded
             for host, obs in run_parallel(nodes, lambda n: observe(plan, n)).items():
                 if not isinstance(obs, BaseException):
@@ -251,28 +256,10 @@ def up(c: Ctx, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) ->
         finally:
             close_all(nodes)
     took = time.monotonic() - t0
-    if c.as_json:
-        c.emit_json({"changed": True, "run_id": state.run_id, "seconds": round(took, 3), "phases_s": phases,
+    return UpResult({"changed": True, "run_id": state.run_id, "seconds": round(took, 3), "phases_s": phases,
                      "bundle": shipped,
                      "processes": {n: {"host": s.host, "pid": s.pid, "health_url": s.health_url, "log": s.log_path}
                                    for n, s in state.processes.items()}})
-    else:
-        from rich.table import Table
-
-        t = Table(title=f"cluster {plan.cluster} is up (run {state.run_id}, {took:.1f} s)", title_justify="left")
-        for col in ("process", "host", "pid", "ports", "health", "log"):
-            t.add_column(col)
-        for p in plan.processes():
-            s = state.processes.get(p.name)
-            t.add_row(p.name, p.host, str(s.pid if s else "?"), ",".join(map(str, p.ports)), p.health_url,
-                      s.log_path if s else p.log_path)
-        con.print(t)
-        if c.verbose:
-            con.print("phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()), style="dim")
-            for host, b in shipped.items():
-                con.print(f"bundle {b['sha256'][:12]} on {host}: " + (f"sent {b['bytes']} bytes" if b["uploaded"] else "there already"),
-                          style="dim")
-    return 0
 
 
 def save_state_only_run(state: RunState) -> None:
@@ -290,7 +277,7 @@ def _safe_tail(nodes: dict[str, Node], p: ProcessSpec, n: int = 30) -> str:
         return f"(cannot read the log: {e})"
 
 
-def _rollback(con: Any, plan: Plan, nodes: dict[str, Node], names: list[str], grace: float) -> dict[str, dict[str, Any]]:
+def _rollback(ev: Events, plan: Plan, nodes: dict[str, Node], names: list[str], grace: float) -> dict[str, dict[str, Any]]:
     """Stop ``names`` (by marker and group: a start still in flight is found too). A second
     interrupt skips the grace period, but the stop still runs to the end: nothing is left."""
     while True:
@@ -298,9 +285,9 @@ def _rollback(con: Any, plan: Plan, nodes: dict[str, Node], names: list[str], gr
             return stop_all(plan, nodes, names, grace, strict=False)
         except KeyboardInterrupt:
             if grace == 0:
-                con.print("still stopping (SIGKILL): nothing of this `up` will be left")
+                ev.info("still stopping (SIGKILL): nothing of this `up` will be left")
             else:
-                con.print("second interrupt: stopping without the grace period (SIGKILL)")
+                ev.info("second interrupt: stopping without the grace period (SIGKILL)")
             grace = 0.0
 
 
@@ -316,18 +303,20 @@ class _StartFailed(Exception):
 # down
 
 
-def down_command(c: Ctx, plan: Plan, *, collect: bool = True, grace: float = 10.0) -> int:
+def down(c: Session, plan: Plan, *, collect: bool = True, grace: float = 10.0) -> DownResult:
+    """Collect (unless told not to), stop everything of ours on every host (marker and groups),
+    check nothing is left and every planned port is free, collect again (the shutdown lines)."""
     inv = c.inventory()
-    con = c.console()
     with cluster_lock(plan.cluster, "down"):
         state = load_state(plan.cluster)
         collect_mod = None
         if collect and state is not None:
             from . import collect as collect_mod
 
-            collect_mod.collect_command(c, plan, run_id=state.run_id, quiet=True)  # quiet: never raises
+            collect_mod.collect_quietly(c, plan, run_id=state.run_id)  # never raises
         nodes, errors = open_nodes(inv, plan, c.ssh_config, strict=False)
         try:
+            c.events.stopping([p.name for p in plan.processes()], "down")
             results = stop_all(plan, nodes, None, grace, strict=False)
             left = leftovers(plan, nodes)
         finally:
@@ -340,22 +329,12 @@ def down_command(c: Ctx, plan: Plan, *, collect: bool = True, grace: float = 10.
             state.stopped_at = now()
             save_state_only_run(state)
             if collect and collect_mod is not None:  # again: the shutdown lines and the exit codes
-                collect_mod.collect_command(c, plan, run_id=state.run_id, quiet=True)
+                collect_mod.collect_quietly(c, plan, run_id=state.run_id)
         if not errors:
             clear_state(plan.cluster)
-    if c.as_json:
-        c.emit_json({"stopped": results, "unreachable": {k: v.message for k, v in errors.items()}, "leftovers": left})
-    else:
-        for name, r in results.items():
-            con.print(f"{name:>14} on {r.get('host', '?')}: {r['result']}" + (f" ({r['seconds']} s)" if "seconds" in r else ""))
-        for host, e in errors.items():
-            con.print(f"[red]{host}: unreachable, nothing stopped there:[/] {e.message}")
-        for item in left:
-            con.print(f"[red]still there:[/] {item}")
-        if not errors and not left:
-            con.print(f"cluster [cyan]{plan.cluster}[/] is down: nothing of ours runs, every planned port is free")
     failed = any(str(r.get("result", "")).startswith(("error", "still")) for r in results.values())
-    return 1 if errors or left or failed else 0
+    return DownResult({"stopped": results, "unreachable": {k: v.message for k, v in errors.items()}, "leftovers": left},
+                      ok=not (errors or left or failed))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,7 +372,9 @@ def status_rows(plan: Plan, nodes: dict[str, Node], expected: dict[str, list[int
     return sorted(rows, key=lambda r: order.get(r["process"], -1))
 
 
-def status_command(c: Ctx, plan: Plan) -> int:
+def status(c: Session, plan: Plan) -> StatusResult:
+    """Every process: running / degraded / dead / unhealthy, pid, serving pid, uptime, last log line.
+    ``ok`` when every process runs and answers its health URL."""
     state = load_state(plan.cluster)
     nodes, errors = open_nodes(c.inventory(), plan, c.ssh_config, strict=False)
     try:
@@ -402,100 +383,53 @@ def status_command(c: Ctx, plan: Plan) -> int:
         close_all(nodes)
     for host, e in errors.items():
         rows.append({"process": "*", "host": host, "state": "unreachable", "error": e.message})
-    if c.as_json:
-        c.emit_json({"cluster": plan.cluster, "run_id": state.run_id if state else None, "processes": rows})
-    else:
-        from rich.table import Table
-
-        t = Table(title=f"cluster {plan.cluster}" + (f" (run {state.run_id})" if state else ""), title_justify="left")
-        for col in ("process", "host", "pid", "serves", "port", "state", "uptime", "last log line"):
-            t.add_column(col, overflow="fold")
-        host_errors = [r for r in rows if r["process"] == "*"]
-        for r in rows:
-            if r["process"] == "*":
-                continue
-            st = r["state"]
-            colour = "green" if st == "running" else ("yellow" if st in ("absent",) else "red")
-            up_s = r.get("uptime_s")
-            shown = f"[{colour}]{st}[/]" + (f" [dim]{r['detail']}[/]" if r.get("detail") and st != "running" else "")
-            t.add_row(r["process"], r["host"], str(r.get("pid") or "-"), str(r.get("server_pid") or "-"),
-                      str(r.get("port") or "-"), shown, f"{up_s:.0f} s" if up_s is not None else "-",
-                      (r.get("last_log_line") or r.get("error") or "")[:120])
-        if t.row_count:
-            c.console().print(t)
-        for r in host_errors:
-            c.console().print(f"[red]{r['host']}:[/] {r.get('error') or r['state']}")
-    ok = all(r["state"] == "running" for r in rows)
-    return 0 if ok else 1
+    return StatusResult({"cluster": plan.cluster, "run_id": state.run_id if state else None, "processes": rows},
+                        ok=all(r["state"] == "running" for r in rows))
 
 
-def logs_command(c: Ctx, plan: Plan, *, name: str | None, follow: bool, lines: int) -> int:
-    """Print the last ``lines`` of each process's log, prefixed by its name (``--json``: one object
-    per process; with ``-f``, then one JSON line per new log line)."""
+def _log_procs(plan: Plan, name: str | None) -> list[ProcessSpec]:
     procs = plan.processes()
     if name is not None:
         if name not in {p.name for p in procs}:
             raise UserError(f"no process named {name!r}", hint=f"one of: {', '.join(p.name for p in procs)}")
         procs = [p for p in procs if p.name == name]
-    hosts = sorted({p.host for p in procs})
-    nodes, _ = open_nodes(c.inventory(), plan, c.ssh_config, names=hosts)
-    width = max(len(p.name) for p in procs)
+    return procs
 
-    def show(p: ProcessSpec, text: str) -> None:
-        for line in text.splitlines():
-            if c.as_json and follow:
-                print(json.dumps({"process": p.name, "host": p.host, "line": line}), flush=True)
-            elif not c.as_json:
-                print(f"{p.name:>{width}} | {line}", flush=True)
 
+def logs(c: Session, plan: Plan, *, name: str | None = None, lines: int = 20) -> LogsResult:
+    """The last ``lines`` of each process's log (or of ``name``'s): ``processes`` → host, log, lines."""
+    procs = _log_procs(plan, name)
+    nodes, _ = open_nodes(c.inventory(), plan, c.ssh_config, names=sorted({p.host for p in procs}))
+    try:
+        tails = {p.name: {"host": p.host, "log": nodes[p.host].path(p.log_path),
+                          "lines": (nodes[p.host].ops.tail(p.log_path, lines) or "").splitlines()} for p in procs}
+    finally:
+        close_all(nodes)
+    return LogsResult({"processes": tails})
+
+
+def follow(c: Session, plan: Plan, *, name: str | None = None, lines: int = 20,
+           poll_s: float = 0.5) -> Iterator[tuple[str, str, str]]:
+    """``(process, host, line)``: the last ``lines`` of each log, then every new complete line as it is
+    written, until the caller stops iterating (close the generator, or Ctrl-C)."""
+    procs = _log_procs(plan, name)
+    nodes, _ = open_nodes(c.inventory(), plan, c.ssh_config, names=sorted({p.host for p in procs}))
     try:
         offsets: dict[str, int] = {}
-        tails: dict[str, Any] = {}
         for p in procs:
             node = nodes[p.host]
             offsets[p.name] = node.ops.file_size(p.log_path) or 0  # before the tail: no line is missed
-            text = node.ops.tail(p.log_path, lines) or ""
-            tails[p.name] = {"host": p.host, "log": node.path(p.log_path), "lines": text.splitlines()}
-            if not c.as_json:
-                show(p, text)
-        if c.as_json and follow:
-            print(json.dumps({"processes": tails}), flush=True)
-        elif c.as_json:
-            c.emit_json({"processes": tails})
-        while follow:
-            time.sleep(0.5)
+            for line in (node.ops.tail(p.log_path, lines) or "").splitlines():
+                yield p.name, p.host, line
+        while True:
+            time.sleep(poll_s)
             for p in procs:
                 data = nodes[p.host].ops.read_from(p.log_path, offsets[p.name])
                 complete = data.rfind(b"\n") + 1
                 if not complete:
                     continue
                 offsets[p.name] += complete
-                show(p, data[:complete].decode(errors="replace"))
-    except KeyboardInterrupt:
-        pass
+                for line in data[:complete].decode(errors="replace").splitlines():
+                    yield p.name, p.host, line
     finally:
         close_all(nodes)
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------
-# demo
-
-
-def demo_command(c: Ctx, plan: Plan, *, keep: bool = False) -> int:
-    con = c.console()
-    con.print(f"[bold]demo[/] on cluster [cyan]{plan.cluster}[/] ({c.inventory_path})")
-    code = up(c, plan)
-    if code:
-        return code
-    verdict = 0
-    try:
-        from .scenarios import runner
-
-        for scenario in ("reuse", "reuse-2node"):
-            verdict = max(verdict, runner.run_command(c, scenario, list_=False, overrides=[]) or 0)
-    finally:
-        if not keep:
-            down_command(c, plan, collect=True)
-    con.print("[bold green]demo passed[/]" if verdict == 0 else f"[bold red]demo failed[/] (exit {verdict})")
-    return verdict

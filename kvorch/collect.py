@@ -59,7 +59,7 @@ from .fmt import human_bytes
 from .runstate import RunState, find_run_dir, load_state, logs_root, now, point_latest, write_json
 
 if TYPE_CHECKING:
-    from .cli import Ctx
+    from .session import Session
     from .inventory import Inventory
     from .nodes import Node
     from .plan import HostPlan, Plan, ProcessSpec
@@ -960,7 +960,7 @@ def scan_for_secrets(run_dir: Path, secrets: Secrets, *, fix: bool = True) -> di
 # the command
 
 
-def collect(c: Ctx, plan: Plan, run_id: str | None = None, options: CollectOptions | None = None) -> dict[str, Any]:
+def collect(c: Session, plan: Plan, run_id: str | None = None, options: CollectOptions | None = None) -> dict[str, Any]:
     """Collect into the run folder; returns the summary (also in manifest.json's last collection)."""
     from .hosts.parallel import run_parallel
     from .nodes import close_all, open_nodes
@@ -1259,88 +1259,22 @@ def _human(n: int | float | None) -> str:
     return human_bytes(n)
 
 
-def collect_command(c: Ctx, plan: Plan, run_id: str | None = None, quiet: bool = False,
-                    options: CollectOptions | None = None) -> int:
-    """`orchestrate collect`; ``quiet`` (``down`` collecting first): one summary line, and a bug
-    here becomes a warning, never an exception that would keep ``down`` from stopping anything."""
+def collect_quietly(c: Session, plan: Plan, run_id: str | None = None,
+                    options: CollectOptions | None = None) -> dict[str, Any] | None:
+    """``down`` collecting first: the summary in one event, and any failure (a bug included) a
+    warning, never an exception that would keep ``down`` from stopping anything."""
     try:
         summary = collect(c, plan, run_id=run_id, options=options)
     except UserError as e:
-        if not quiet:
-            raise
-        if not c.as_json:
-            c.console().print(f"[yellow]warning:[/] collect failed: {e.message}")
-        return 1
+        c.events.warning(f"collect failed: {e.message}")
+        return None
     except Exception as e:  # noqa: BLE001
-        if not quiet:
-            raise
-        if not c.as_json:
-            c.console().print(f"[yellow]warning:[/] collect failed: internal error: {type(e).__name__}: {e}")
-        return 1
-    code = 0 if summary["complete"] else 1
-    if quiet:
-        if not c.as_json:
-            from rich.markup import escape
-
-            con = c.console()
-            state = "" if summary["complete"] else " [bold red](PARTIAL)[/]"
-            html = (summary.get("report") or {}).get("html")
-            con.print(f"collected {_human(summary['bytes_pulled'])} of logs into {summary['run_dir']}/{state}"
-                      + (f"; report: {html}" if html else ""))
-            for r in summary["partial_reasons"]:
-                con.print(f"  [red]not collected:[/] {escape(r)}")
-        return code
-    if c.as_json:
-        c.emit_json(summary)
-        return code
-    from rich.markup import escape as esc
-    from rich.table import Table
-
-    con = c.console()
-    if summary.get("superseded_by"):
-        con.print(f"[yellow]run {summary['run_id']} was followed by run {summary['superseded_by']}:[/] the hosts now "
-                  "hold that run's logs and files, so nothing was pulled; the report was rebuilt from what is here")
-    t = Table(title=f"collect run {summary['run_id']} → {summary['run_dir']}", title_justify="left")
-    for col in ("process", "host", "now", "exit", "log here", "pulled now", "note"):
-        t.add_column(col, overflow="fold")
-    for name, p in summary["processes"].items():
-        log = p.get("log") or {}
-        note = []
-        if p.get("exit_note"):
-            note.append(f"[yellow]{esc(p['exit_note'])}[/]")
-        if log.get("compressed"):
-            note.append("gzip")
-        if log.get("capped"):
-            note.append(f"capped, {_human(log.get('skipped_bytes'))} skipped, tail in {log.get('tail_file')}")
-        if log.get("redactions"):
-            note.append(f"{log['redactions']} secret(s) redacted")
-        if log.get("restarted"):
-            note.append("log restarted on the host: previous copy kept")
-        if p.get("earlier_logs"):
-            note.append(f"+ {len(p['earlier_logs'])} earlier log(s) (restarts)")
-        if log.get("error") or (log.get("status") or "").startswith("not collected"):
-            note.append(f"[red]{esc(str(log.get('error') or log.get('status')))}[/]")
-        st = p.get("state_now") or "?"
-        colour = "green" if st == "running" else ("red" if "unreachable" in st else "yellow")
-        t.add_row(esc(name), esc(p.get("host") or "?"), f"[{colour}]{esc(st)}[/]",
-                  "-" if p.get("exit_code") is None else str(p["exit_code"]),
-                  _human(log.get("bytes_here")), _human(log.get("pulled")), "; ".join(note))
-    con.print(t)
-    bad_metrics = [n for n, m in summary["metrics"].items() if not m.get("ok") and m.get("ok") is not None]
-    con.print(f"metrics: {len(summary['metrics']) - len(bad_metrics)} snapshots"
-              + (f" ([yellow]not reachable: {', '.join(bad_metrics)}[/])" if bad_metrics else ""))
-    rep = summary.get("report") or {}
-    if rep.get("html"):
-        con.print(f"report: {rep['html']}  ({rep.get('md')})")
-    elif rep.get("error"):
-        con.print(f"[yellow]report not built:[/] {rep['error']}")
-    scan = summary["secret_scan"]
-    if scan.get("fixed"):
-        con.print(f"[yellow]secrets scrubbed from:[/] {', '.join(scan['fixed'])}")
-    if summary["complete"]:
-        con.print(f"[bold green]complete[/] in {summary['seconds']:.2f} s, {_human(summary['bytes_pulled'])} pulled")
-    else:
-        con.print(f"[bold red]PARTIAL[/] in {summary['seconds']:.2f} s: what could not be collected:")
-        for r in summary["partial_reasons"]:
-            con.print(f"  [red]•[/] {esc(r)}")
-    return code
+        c.events.warning(f"collect failed: internal error: {type(e).__name__}: {e}")
+        return None
+    state = "" if summary["complete"] else " (PARTIAL)"
+    html = (summary.get("report") or {}).get("html")
+    c.events.info(f"collected {_human(summary['bytes_pulled'])} of logs into {summary['run_dir']}/{state}"
+                  + (f"; report: {html}" if html else ""))
+    for r in summary["partial_reasons"]:
+        c.events.warning(f"not collected: {r}")
+    return summary

@@ -34,10 +34,21 @@ class StartFailed(UserError):
     """A process did not start or become healthy; what this ``up`` had started was stopped."""
 
     def __init__(self, message: str, hint: str | None = None, *, details: list[str] | None = None,
-                 process: str = "", host: str = "", reason: str = "", stopped: dict | None = None):
+                 process: str = "", host: str = "", reason: str = "", stopped: dict | None = None,
+                 log_tail: str = "", log_path: str = ""):
         super().__init__(message, hint, details=details)
         self.process, self.host, self.reason = process, host, reason
         self.stopped = stopped or {}
+        self.log_tail, self.log_path = log_tail, log_path
+
+
+class PreflightFailed(UserError):
+    """A preflight check failed; ``checks`` holds them all (kvorch.preflight.Check)."""
+
+    def __init__(self, message: str, hint: str | None = None, *, details: list[str] | None = None,
+                 checks: list | None = None):
+        super().__init__(message, hint, details=details)
+        self.checks = checks or []
 
 
 class Interrupted(UserError):

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .bundle import version_problem
 from .errors import UserError
+from .results import PreflightResult
 
 if TYPE_CHECKING:
-    from .cli import Ctx
+    from .session import Session
     from .inventory import Inventory
     from .nodes import Node
     from .plan import Plan
@@ -178,35 +179,21 @@ def run_checks(inv: Inventory, plan: Plan, nodes: dict[str, Node], skip_ports_of
     return checks
 
 
-def print_checks(c: Ctx, checks: list[Check]) -> None:
-    from rich.table import Table
-
-    t = Table(title="preflight", title_justify="left")
-    for col in ("host", "check", "", "detail", "fix"):
-        t.add_column(col, overflow="fold")
-    colour = {"ok": "green", "warn": "yellow", "fail": "red"}
-    for ch in checks:
-        t.add_row(ch.host, ch.name, f"[{colour[ch.status]}]{ch.status}[/]", ch.detail, ch.hint or "")
-    c.console().print(t)
-
-
-def preflight_command(c: Ctx, plan: Plan) -> int:
+def preflight(c: Session, plan: Plan) -> PreflightResult:
+    """Every check on every host (in parallel), processes of ours that run already excepted from
+    the port checks. ``ok`` when none failed; ``checks`` the :class:`Check` list."""
     from .nodes import close_all, open_nodes
+    from .processes import observe
 
     nodes, errors = open_nodes(c.inventory(), plan, c.ssh_config, strict=False)
     try:
-        from .processes import observe
-
         running = {n for node in nodes.values() for n, o in observe(plan, node).items() if o.ours}
         checks = run_checks(c.inventory(), plan, nodes, skip_ports_of=running)
     finally:
         close_all(nodes)
     checks = [Check(h, "reachable", "fail", e.message, e.hint) for h, e in errors.items()] + checks
-    if c.as_json:
-        c.emit_json({"checks": [asdict(ch) for ch in checks], "ok": not any(ch.status == "fail" for ch in checks)})
-    else:
-        print_checks(c, checks)
-    return 1 if any(ch.status == "fail" for ch in checks) else 0
+    ok = not any(ch.status == "fail" for ch in checks)
+    return PreflightResult({"checks": [asdict(ch) for ch in checks], "ok": ok}, ok=ok, checks=checks)
 
 
-__all__ = ["Check", "run_checks", "print_checks", "preflight_command", "UserError"]
+__all__ = ["Check", "run_checks", "preflight", "UserError"]

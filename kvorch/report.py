@@ -20,14 +20,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import UserError
 from .fmt import human_bytes
-from .runstate import find_run_dir
 
-if TYPE_CHECKING:
-    from .cli import Ctx
 
 TEMPLATE_HTML = "report.html.j2"
 TEMPLATE_MD = "report.md.j2"
@@ -365,25 +362,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def report_command(c: Ctx, run_dir: str | None) -> int:
-    rd = find_run_dir(run_dir)
-    info = build_report(rd)
-    if c.as_json:
-        c.emit_json(info)
-        return 0
-    con = c.console()
-    for v in info["verdicts"]:
-        colour = "green" if v["verdict"] == "pass" else "red"
-        con.print(f"  {v['name']:<28} [{colour}]{v['verdict'].upper()}[/]  ({v['checks']} checks, {v['failed']} failed"
-                  + (f", {v['skipped']} skipped" if v["skipped"] else "") + ")")
-    if not info["verdicts"]:
-        con.print("  (no scenario was run in this run)")
-    if info["complete"] is False:
-        con.print("[bold red]the collect of this run was PARTIAL[/]: see the report's first section")
-    con.print(f"report: {info['html']}\n        {info['md']}  ({len(info['plots'])} plots in {rd}/plots/)")
-    return 0
-
-
 # ------------------------------------------------------------------------------------------------
 # comparing two runs
 
@@ -504,54 +482,3 @@ def compare_runs(a: RunData, b: RunData, out_dir: Path | None = None) -> dict[st
     return result
 
 
-def compare_command(c: Ctx, run_a: str, run_b: str) -> int:
-    a, b = load_run(find_run_dir(run_a)), load_run(find_run_dir(run_b))
-    res = compare_runs(a, b)
-    if c.as_json:
-        c.emit_json(res)
-        return 0
-    from rich.markup import escape as esc
-    from rich.table import Table
-
-    con = c.console()
-    con.print(f"A = {a.run_id}  ({a.dir})\nB = {b.run_id}  ({b.dir})")
-    for name, s in res["scenarios"].items():
-        t = Table(title=esc(f"{name}: A {s['a_verdict'].upper()} · B {s['b_verdict'].upper()}"), title_justify="left")
-        t.add_column("headline")
-        t.add_column("A", justify="right")
-        t.add_column("B", justify="right")
-        t.add_column("B/A", justify="right")
-        for h in s["headline"]:
-            t.add_row(esc(str(h["name"])), esc(_fmt(h["a"], 2)), esc(_fmt(h["b"], 2)),
-                      "–" if h["b_over_a"] is None else f"{h['b_over_a']:.2f}×")
-        con.print(t)
-        ct = Table(show_header=True, box=None, padding=(0, 2))
-        ct.add_column("check", overflow="fold")
-        ct.add_column("A")
-        ct.add_column("B")
-
-        marks = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "warn": "[yellow]warn[/]", "skip": "[dim]skip[/]",
-                 "absent": "–"}
-        for ch in s["checks"]:
-            ct.add_row(esc(ch["name"]), marks[ch["a"]], marks[ch["b"]])
-        con.print(ct)
-        if s["plot"]:
-            con.print(f"plot: {s['plot']}")
-    if res["config_diff"]:
-        dt_ = Table(title="configuration differences", title_justify="left")
-        dt_.add_column("setting", overflow="fold")
-        dt_.add_column("A", overflow="fold")
-        dt_.add_column("B", overflow="fold")
-        for d in res["config_diff"][:60]:
-            dt_.add_row(esc(d["key"]), esc(str(d["a"])), esc(str(d["b"])))
-        con.print(dt_)
-        if len(res["config_diff"]) > 60:
-            con.print(f"… {len(res['config_diff']) - 60} more in {res['out_dir']}/compare.json")
-    elif a.manifest and b.manifest:
-        con.print("configuration: no difference in the inventory, argv or env")
-    else:
-        con.print("[yellow]configuration not compared:[/] run `orchestrate collect` for both runs first")
-    for side, names in (("A", res["only_in_a"]), ("B", res["only_in_b"])):
-        if names:
-            con.print(f"only in {side}: {', '.join(names)}")
-    return 0

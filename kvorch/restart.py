@@ -23,14 +23,14 @@ from .plan import Plan, ProcessSpec
 from .runstate import cluster_lock, load_state, now, save_state
 
 if TYPE_CHECKING:
-    from .cli import Ctx
+    from .session import Session
 
 
 class RestartError(UserError):
     """A process could not be restarted (not ours, did not stop, did not become healthy)."""
 
 
-def restart(c: Ctx, plan: Plan, names: Sequence[str], *, timeout: float = 600.0, grace: float = 10.0) -> dict[str, dict[str, Any]]:
+def restart(c: Session, plan: Plan, names: Sequence[str], *, timeout: float = 600.0, grace: float = 10.0) -> dict[str, dict[str, Any]]:
     """Restart the named processes of the cluster (connects to their hosts, then
     :func:`restart_processes`)."""
     procs = _resolve(plan, names)

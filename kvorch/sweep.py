@@ -13,10 +13,8 @@ gets ``sweep.json``, ``table.csv``, ``report.md`` and one plot per metric and fa
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
-import io
 import itertools
 import json
 import math
@@ -303,13 +301,6 @@ def plan_restarts(spec: SweepSpec, base: dict[str, Any], pts: list[dict[str, Any
     return rows
 
 
-def _quiet(fn: Any, *a: Any, **kw: Any) -> tuple[Any, str]:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rv = fn(*a, **kw)
-    return rv, buf.getvalue()
-
-
 def _deployed(cluster: str) -> dict[str, dict[str, str]] | None:
     from .runstate import load_state
 
@@ -347,9 +338,12 @@ def _apply(c: Any, plan: Any, procs: list[str], timeout: float) -> float:
 
 
 def run_sweep(path: Path, *, ssh_config: str | None = None, out_dir: Path | None = None, resume: bool = False,
-              dry_run: bool = False, progress: Any = None) -> SweepResult:
-    """Run (or, with ``dry_run``, list) the sweep; returns what was measured, point by point."""
-    from .cli import Ctx
+              dry_run: bool = False, progress: Any = None, events: Any = None) -> SweepResult:
+    """Run (or, with ``dry_run``, list) the sweep; returns what was measured, point by point.
+    It drives the library (:mod:`kvorch.cluster`, the scenario runner) for each point."""
+    from .errors import UserError
+    from .events import Events
+    from .session import Session
     from .inventory import load_inventory
     from .plan import build_plan
     from .runstate import logs_root
@@ -398,7 +392,7 @@ def run_sweep(path: Path, *, ssh_config: str | None = None, out_dir: Path | None
             t_point = time.monotonic()
             inv_path = pdir / "inventory.yaml"
             inv_path.write_text(yaml.safe_dump(point_inventory(base, spec, lv), sort_keys=False))
-            c = Ctx(inventory_path=str(inv_path), ssh_config=ssh_config, verbose=0, as_json=True)
+            c = Session(str(inv_path), ssh_config, events or Events())
             inv = load_inventory(inv_path)
             c._inventory = inv
             plan = build_plan(inv)
@@ -407,9 +401,10 @@ def run_sweep(path: Path, *, ssh_config: str | None = None, out_dir: Path | None
             if deployed is None:
                 from .cluster import up
 
-                code, text = _quiet(up, c, plan, timeout=spec.up_timeout_s)
-                if code != 0:
-                    raise SweepError(f"{pid}: `up` failed", details=text.splitlines()[-10:])
+                try:
+                    up(c, plan, timeout=spec.up_timeout_s)
+                except UserError as e:
+                    raise SweepError(f"{pid}: `up` failed: {e.message}", details=e.details) from None
                 pr.restarted, pr.restart_reason = [p.name for p in plan.processes()], "up (the cluster was not running)"
             else:
                 procs, files = changed_processes(plan, deployed)
@@ -437,20 +432,20 @@ def run_sweep(path: Path, *, ssh_config: str | None = None, out_dir: Path | None
                 say(f"{pid}: trial {k}/{spec.trials}: {res['verdict']} " +
                     ", ".join(f"{n}={v:.4g}" for n, v in trial["metrics"].items() if v is not None))
             if spec.collect:
-                from .collect import collect_command
+                from .collect import collect_quietly
 
-                _quiet(collect_command, c, plan, quiet=True)
+                collect_quietly(c, plan)
             pr.seconds = round(time.monotonic() - t_point, 3)
             (pdir / "point.json").write_text(pr.model_dump_json(indent=2, exclude={"trials", "skipped_trials"}))
             results.append(pr)
         complete = True
     finally:
         if complete and spec.down_after and not dry_run:
-            from .cluster import down_command
+            from .cluster import down
 
             last = out / "points" / point_id(len(pts) - 1, pts[-1]) / "inventory.yaml"
-            c = Ctx(inventory_path=str(last), ssh_config=ssh_config, verbose=0, as_json=True)
-            _quiet(down_command, c, c.plan(), collect=spec.collect)
+            c = Session(str(last), ssh_config, events or Events())
+            down(c, c.plan(), collect=spec.collect)
     wall = time.monotonic() - t_start
     result = SweepResult(name=spec.name, dir=str(out), points=results, wall_s=round(wall, 3),
                          points_s=round(sum(p.seconds or 0 for p in results), 3), complete=complete)

@@ -1,4 +1,4 @@
-"""`orchestrate run SCENARIO`: load, run against the running cluster, check, write, print.
+"""Run a scenario against the running cluster: load, run, check, write; the result returned.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 the scenario could not run (with the reason).
 Results go to ``logs/<run-id>/scenarios/<scenario>-<n>/``: result.json (results, checks, headline),
@@ -18,10 +18,11 @@ from . import spec as spec_mod
 from .expr import evaluate
 
 if TYPE_CHECKING:
-    from ..cli import Ctx
+    from ..session import Session
 
 
-def list_scenarios(c: Ctx) -> int:
+def list_scenarios() -> list[dict[str, Any]]:
+    """Every scenario file found (``scenarios/`` and ORCHESTRATE_SCENARIOS) with its kind and description."""
     rows = []
     for name, path in sorted(spec_mod.available().items()):
         try:
@@ -29,18 +30,7 @@ def list_scenarios(c: Ctx) -> int:
             rows.append({"name": name, "kind": s.kind, "seed": s.seed, "description": s.description, "path": str(path)})
         except UserError as e:
             rows.append({"name": name, "kind": "?", "seed": None, "description": f"(invalid: {e.message})", "path": str(path)})
-    if c.as_json:
-        c.emit_json(rows)
-        return 0
-    from rich.table import Table
-
-    t = Table(title="scenarios", title_justify="left")
-    for col in ("name", "kind", "seed", "description"):
-        t.add_column(col, overflow="fold")
-    for r in rows:
-        t.add_row(r["name"], r["kind"], r["seed"] or "", r["description"])
-    c.console().print(t)
-    return 0
+    return rows
 
 
 def _next_dir(base: Path, name: str) -> Path:
@@ -53,31 +43,12 @@ def _next_dir(base: Path, name: str) -> Path:
     return d
 
 
-def run_command(c: Ctx, scenario: str | None, *, list_: bool, overrides: list[str]) -> int:
-    if list_ or scenario is None:
-        if scenario is None and not list_:
-            raise UserError("which scenario?", hint="`orchestrate run --list` shows them; e.g. `orchestrate run reuse`")
-        return list_scenarios(c)
-    path = spec_mod.find(scenario)
-    spec, params = spec_mod.load(path, overrides)
-    try:
-        return _run(c, spec, params)
-    except UserError as e:
-        if e.exit_code == 2 and not c.as_json:
-            c.console().print(f"[bold red]{spec.name}: could not run[/]: {e.message}")
-        raise
+def load_scenario(scenario: str, overrides: list[str] | None = None) -> tuple[spec_mod.ScenarioSpec, Any]:
+    """A scenario by name (or path) with ``--set``-style overrides: its spec and parameters."""
+    return spec_mod.load(spec_mod.find(scenario), list(overrides or []))
 
 
-def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
-    result = run_scenario(c, spec, params, status=not c.as_json)
-    if c.as_json:
-        c.emit_json(result)
-    else:
-        print_result(c.console(), result)
-    return 0 if result["verdict"] == "pass" else 1
-
-
-def run_scenario(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any, *, status: bool = False) -> dict[str, Any]:
+def run_scenario(c: Session, spec: spec_mod.ScenarioSpec, params: Any) -> dict[str, Any]:
     """Run one scenario against the running cluster: its folder written, the result returned
     (``verdict`` pass | fail). Raises :class:`ScenarioCannotRun` (exit 2) with the reason."""
     from ..processes import http_health
@@ -114,8 +85,8 @@ def run_scenario(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any, *, status: bo
         if spec.sample_interval_s:
             sampler = wb.sampler(spec.sample_interval_s, max_duration_s=3600).start()
         try:
-            with c.console().status(f"running {spec.name} ({spec.kind}) on cluster {plan.cluster}…", spinner="dots") if status else _null():
-                outcome = KINDS[spec.kind].run(wb, spec, params)
+            c.events.scenario_started(spec.name, spec.kind, plan.cluster)
+            outcome = KINDS[spec.kind].run(wb, spec, params)
         except KeyboardInterrupt:
             raise Interrupted(f"{spec.name} interrupted: its requests were cancelled; the cluster is still up",
                               hint=f"partial files in {out}") from None
@@ -162,6 +133,7 @@ def run_scenario(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any, *, status: bo
     state = load_state(plan.cluster) or state  # a scenario may have restarted processes: keep their new pids
     state.scenario_runs.append(str(out.relative_to(state.run_dir())))
     save_state(state)
+    c.events.scenario_finished(spec.name, verdict, result["seconds"])
     return result
 
 
@@ -182,34 +154,6 @@ def _not_running(plan: Any, nodes: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def print_result(con: Any, result: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"{result['scenario']}: {result['description']}", title_justify="left", show_lines=False)
-    t.add_column("check", overflow="fold")
-    t.add_column("", justify="center")
-    t.add_column("measured", overflow="fold")
-    for ch in result["checks"]:
-        mark = ("[dim]skip[/]" if ch["passed"] is None else "[green]pass[/]" if ch["passed"]
-                else "[yellow]warn[/]" if ch["severity"] == "warn" else "[red]FAIL[/]")
-        t.add_row(ch["name"], mark, ch["shown"])
-    con.print(t)
-    nums = Table(box=None, show_header=False, padding=(0, 2))
-    nums.add_column("number")
-    nums.add_column("value", justify="right")
-    for k, v in result["headline"].items():
-        if v is not None:
-            nums.add_row(k, str(v))
-    con.print(nums)
-    for n in result.get("notes", []):
-        con.print(f"[yellow]note:[/] {n}")
-    colour = "green" if result["verdict"] == "pass" else "red"
-    con.print(f"[bold {colour}]{result['scenario']}: {result['verdict'].upper()}[/] in {result['seconds']:.1f} s → {result['dir']}")
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
 
     def __exit__(self, *a: Any) -> None:
         return None

@@ -230,11 +230,11 @@ def test_blend_with_another_separator_fails_clearly(blend_cluster):
 
 
 def test_pd_bench_fails_when_the_decode_engine_hashes_differently(p2p, monkeypatch):
-    from kvorch.cli import Ctx
     from kvorch.restart import restart
+    from kvorch.session import Session
 
     monkeypatch.setenv("ORCHESTRATE_STATE", str(p2p.workdir / "state"))
-    c = Ctx(inventory_path=str(p2p.inventory), ssh_config=None, verbose=0, as_json=False)
+    c = Session(str(p2p.inventory))
     script = p2p.workdir / "work" / "run" / "decode.sh"
     original = script.read_text()
     assert "export PYTHONHASHSEED=123" in original

@@ -3,19 +3,11 @@ and ``run(wb, spec, params) -> Outcome``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
 
-from ...client import RequestRecord
+from ..outcome import Outcome
 
-
-@dataclass
-class Outcome:
-    results: dict[str, Any]
-    records: list[RequestRecord] = field(default_factory=list)
-    evidence: dict[str, Any] = field(default_factory=dict)
-    headline: dict[str, Any] = field(default_factory=dict)
+__all__ = ["KINDS", "Outcome"]
 
 
 def _load() -> dict[str, ModuleType]:

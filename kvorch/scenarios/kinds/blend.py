@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ... import lmcache_config as lc
 from ..prompts import blend_prompt, text_of_tokens
 from ..workbench import ScenarioCannotRun, Workbench, record_view, summarize_delta
-from . import Outcome
+from ..outcome import Outcome
 
 
 class Params(BaseModel):

@@ -30,7 +30,7 @@ from ... import metrics as mx
 from ...errors import UserError
 from ..prompts import nonce, text_of_tokens
 from ..workbench import ScenarioCannotRun, Workbench, hit_tokens
-from . import Outcome
+from ..outcome import Outcome
 
 
 class Params(BaseModel):

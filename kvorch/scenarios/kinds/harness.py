@@ -30,7 +30,7 @@ from ... import client as oa
 from ..measure import cache_totals, ms, r2, summary
 from ..prompts import text_of_tokens
 from ..workbench import ScenarioCannotRun, Workbench
-from . import Outcome
+from ..outcome import Outcome
 
 Tool = Literal["aiperf", "vllm-bench", "guidellm"]
 

@@ -14,7 +14,7 @@ from ..measure import cache_totals, figure, ms, n, r2, request_rows, run_measure
 from ..prompts import text_of_tokens
 from ..workbench import ScenarioCannotRun, Workbench
 from ..workload import Session, Turn
-from . import Outcome
+from ..outcome import Outcome
 
 
 class Params(BaseModel):

@@ -25,7 +25,7 @@ from ... import client as oa
 from ... import metrics as mx
 from ..prompts import text_of_tokens, text_of_words
 from ..workbench import Workbench, summarize_delta
-from . import Outcome
+from ..outcome import Outcome
 
 
 class Params(BaseModel):

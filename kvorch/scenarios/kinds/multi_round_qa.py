@@ -22,7 +22,7 @@ from ..measure import Measured, cache_totals, figure, ms, n, r2, run_measured, s
 from ..prompts import text_of_tokens
 from ..workbench import Workbench
 from ..workload import Session, Turn
-from . import Outcome
+from ..outcome import Outcome
 
 
 class Params(BaseModel):

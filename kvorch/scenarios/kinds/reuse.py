@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..prompts import text_of_tokens
 from ..workbench import Workbench, record_view, summarize_delta
-from . import Outcome
+from ..outcome import Outcome
 
 
 class Params(BaseModel):

@@ -14,7 +14,7 @@ from ..prompts import nonce, text_of_tokens
 from ..traces import Format, load_trace, resolve, shared_prefix_blocks
 from ..workbench import ScenarioCannotRun, Workbench
 from ..workload import Session, Turn
-from . import Outcome
+from ..outcome import Outcome
 
 
 class Params(BaseModel):

@@ -15,39 +15,35 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from .errors import UserError
+from ..errors import UserError
+from ..session import Session
 
 if TYPE_CHECKING:
-    from .inventory import Inventory
-    from .plan import Plan
+    from ..plan import Plan
 
 DEFAULT_INVENTORY = "inventory.yaml"
 
 
 @dataclass
-class Ctx:
-    inventory_path: str
-    ssh_config: str | None
-    verbose: int
-    as_json: bool
-    _inventory: Any = field(default=None, repr=False)
+class Ctx(Session):
+    """The library's :class:`~kvorch.session.Session` plus what only the command line has: -v,
+    --json, the console, and rich progress as the events."""
 
-    def inventory(self) -> Inventory:
-        if self._inventory is None:
-            from .inventory import load_inventory
-
-            self._inventory = load_inventory(self.inventory_path)
-        return self._inventory
-
-    def plan(self) -> Plan:
-        from .plan import build_plan
-
-        return build_plan(self.inventory())
+    verbose: int = 0
+    as_json: bool = False
+    _console: Any = field(default=None, repr=False)
 
     def console(self):  # rich Console on stdout (stderr when --json keeps stdout for JSON)
-        from rich.console import Console
+        if self._console is None:
+            from rich.console import Console
 
-        return Console(stderr=self.as_json, highlight=False, soft_wrap=True)
+            self._console = Console(stderr=self.as_json, highlight=False, soft_wrap=True)
+        return self._console
+
+    def start_events(self) -> None:
+        from .progress import RichEvents
+
+        self.events = RichEvents(self.console(), quiet=self.as_json, verbose=self.verbose)
 
     def emit_json(self, data: Any) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
@@ -88,6 +84,7 @@ def cli(ctx: click.Context, inventory_path: str, ssh_config: str | None, verbose
       orchestrate down               stop everything this tool started
     """
     ctx.obj = Ctx(inventory_path=inventory_path, ssh_config=ssh_config, verbose=verbose, as_json=as_json)
+    ctx.call_on_close(lambda: getattr(ctx.obj.events, "close", lambda: None)())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -136,7 +133,7 @@ def export_group() -> None:
 @pass_ctx
 def export_helm_command(c: Ctx, out_dir: str, repository: str, tag: str) -> None:
     """Values for vLLM production-stack's vllm-stack chart (engines, LMCache, KV-aware router)."""
-    from .export.helm import export_helm, write_helm
+    from ..export.helm import export_helm, write_helm
 
     exp = export_helm(c.inventory(), c.plan(), repository=repository, tag=tag)
     files = write_helm(exp, out_dir)
@@ -155,6 +152,16 @@ def _print_plan(c: Ctx, plan: Plan) -> None:
     from .views import print_plan
 
     print_plan(c.console(), plan, verbose=c.verbose)
+
+
+def _emit(c: Ctx, result: Any, show: Any) -> None:
+    """--json: the result's JSON; else ``show(console, result)``. Exit 1 when the result is not ok."""
+    if c.as_json:
+        c.emit_json(result.to_json())
+    else:
+        show(c.console(), result)
+    if not result.ok:
+        sys.exit(1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -176,10 +183,18 @@ def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
         else:
             _print_plan(c, plan)
         return
-    from . import cluster
+    from .. import cluster
+    from ..errors import PreflightFailed
+    from .output import print_checks, print_up
 
-    result = cluster.up(c, plan, timeout=timeout, preflight=not skip_preflight)
-    _finish(c, result)
+    c.start_events()
+    try:
+        result = cluster.up(c, plan, timeout=timeout, preflight=not skip_preflight)
+    except PreflightFailed as e:
+        if not c.as_json:
+            print_checks(c.console(), e.checks)
+        raise
+    _emit(c, result, lambda con, r: print_up(con, plan, r.to_json(), c.verbose))
 
 
 @cli.command()
@@ -187,9 +202,11 @@ def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
 @pass_ctx
 def preflight(c: Ctx) -> None:
     """Check every host: reachable, versions equal, PYTHONHASHSEED, ports free, GPUs, disk."""
-    from . import preflight as preflight_mod
+    from .. import preflight as preflight_mod
+    from .output import print_checks
 
-    _finish(c, preflight_mod.preflight_command(c, c.plan()))
+    c.start_events()
+    _emit(c, preflight_mod.preflight(c, c.plan()), lambda con, r: print_checks(con, r.checks))
 
 
 @cli.command()
@@ -197,9 +214,11 @@ def preflight(c: Ctx) -> None:
 @pass_ctx
 def status(c: Ctx) -> None:
     """Per process: running / dead / unhealthy, uptime, port, last log line."""
-    from . import cluster
+    from .. import cluster
+    from .output import print_status
 
-    _finish(c, cluster.status_command(c, c.plan()))
+    c.start_events()
+    _emit(c, cluster.status(c, c.plan()), lambda con, r: print_status(con, r.to_json()))
 
 
 @cli.command()
@@ -210,9 +229,32 @@ def status(c: Ctx) -> None:
 @pass_ctx
 def logs(c: Ctx, name: str | None, follow: bool, lines: int) -> None:
     """Tail one process's log (or all of them), each line prefixed by the process name."""
-    from . import cluster
+    from .. import cluster
 
-    _finish(c, cluster.logs_command(c, c.plan(), name=name, follow=follow, lines=lines))
+    c.start_events()
+    plan = c.plan()
+    if not follow:
+        res = cluster.logs(c, plan, name=name, lines=lines)
+        if c.as_json:
+            c.emit_json(res.to_json())
+            return
+        width = max(len(n) for n in res.processes)
+        for n, t in res.processes.items():
+            for line in t["lines"]:
+                print(f"{n:>{width}} | {line}", flush=True)
+        return
+    width = max(len(p.name) for p in plan.processes())
+    lines_of = cluster.follow(c, plan, name=name, lines=lines)
+    try:
+        for proc, host, line in lines_of:
+            if c.as_json:
+                print(json.dumps({"process": proc, "host": host, "line": line}), flush=True)
+            else:
+                print(f"{proc:>{width}} | {line}", flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        lines_of.close()
 
 
 @cli.command()
@@ -222,9 +264,12 @@ def logs(c: Ctx, name: str | None, follow: bool, lines: int) -> None:
 @pass_ctx
 def down(c: Ctx, no_collect: bool, grace: float) -> None:
     """Collect, then stop everything this tool started (and only that) on every host."""
-    from . import cluster
+    from .. import cluster
+    from .output import print_down
 
-    _finish(c, cluster.down_command(c, c.plan(), collect=not no_collect, grace=grace))
+    c.start_events()
+    plan = c.plan()
+    _emit(c, cluster.down(c, plan, collect=not no_collect, grace=grace), lambda con, r: print_down(con, plan.cluster, r.to_json()))
 
 
 @cli.command()
@@ -235,16 +280,16 @@ def down(c: Ctx, no_collect: bool, grace: float) -> None:
 @pass_ctx
 def restart(c: Ctx, names: tuple[str, ...], timeout: float, grace: float) -> None:
     """Restart processes by name (their old logs are kept beside the new ones)."""
-    from .restart import restart as restart_fn
+    from ..restart import restart as restart_fn
 
+    from .output import print_restart
+
+    c.start_events()
     report = restart_fn(c, c.plan(), list(names), timeout=timeout, grace=grace)
     if c.as_json:
         c.emit_json(report)
         return
-    con = c.console()
-    for name, r in report.items():
-        con.print(f"{name}: pid {r.get('old_pid')} → {r.get('new_pid')} (stopped: {r.get('stopped')}; "
-                  f"healthy after {r.get('healthy_after_s')} s; old log {r.get('previous_log')})")
+    print_restart(c.console(), report)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,9 +304,40 @@ def restart(c: Ctx, names: tuple[str, ...], timeout: float, grace: float) -> Non
 @pass_ctx
 def run(c: Ctx, scenario: str | None, list_: bool, overrides: tuple[str, ...]) -> None:
     """Run a verification or benchmark scenario against the running cluster; print the verdict."""
-    from .scenarios import runner
+    from ..scenarios import runner
+    from .output import print_scenarios
 
-    _finish(c, runner.run_command(c, scenario, list_=list_, overrides=list(overrides)))
+    if list_ or scenario is None:
+        if scenario is None and not list_:
+            raise UserError("which scenario?", hint="`orchestrate run --list` shows them; e.g. `orchestrate run reuse`")
+        rows = runner.list_scenarios()
+        if c.as_json:
+            c.emit_json(rows)
+        else:
+            print_scenarios(c.console(), rows)
+        return
+    c.start_events()
+    sys.exit(_run_scenario(c, scenario, list(overrides)))
+
+
+def _run_scenario(c: Ctx, scenario: str, overrides: list[str]) -> int:
+    from ..scenarios import runner
+    from .output import print_result
+
+    spec, params = runner.load_scenario(scenario, overrides)
+    try:
+        result = runner.run_scenario(c, spec, params)
+    except UserError as e:
+        if e.exit_code == 2 and not c.as_json:
+            c.console().print(f"[bold red]{spec.name}: could not run[/]: {e.message}")
+        raise
+    finally:
+        getattr(c.events, "close", lambda: None)()
+    if c.as_json:
+        c.emit_json(result)
+    else:
+        print_result(c.console(), result)
+    return 0 if result["verdict"] == "pass" else 1
 
 
 @cli.command()
@@ -275,11 +351,20 @@ def run(c: Ctx, scenario: str | None, list_: bool, overrides: tuple[str, ...]) -
 @pass_ctx
 def collect(c: Ctx, run_id: str | None, max_log_size: str | None, compress_over: str | None, no_report: bool) -> None:
     """Pull logs, metrics, rendered configs and versions from every host into logs/<run-id>/."""
-    from . import collect as collect_mod
+    from .. import collect as collect_mod
+
+    from .output import print_collect
 
     opts = collect_mod.CollectOptions.from_env(max_log_bytes=max_log_size, compress_over=compress_over,
                                                report=False if no_report else None)
-    _finish(c, collect_mod.collect_command(c, c.plan(), run_id=run_id, options=opts))
+    c.start_events()
+    summary = collect_mod.collect(c, c.plan(), run_id=run_id, options=opts)
+    if c.as_json:
+        c.emit_json(summary)
+    else:
+        print_collect(c.console(), summary)
+    if not summary["complete"]:
+        sys.exit(1)
 
 
 @cli.command()
@@ -288,9 +373,16 @@ def collect(c: Ctx, run_id: str | None, max_log_size: str | None, compress_over:
 @pass_ctx
 def report(c: Ctx, run_dir: str | None) -> None:
     """Rebuild report.md and report.html of a run folder (default: logs/latest)."""
-    from . import report as report_mod
+    from .. import report as report_mod
+    from ..runstate import find_run_dir
+    from .output import print_report
 
-    _finish(c, report_mod.report_command(c, run_dir))
+    rd = find_run_dir(run_dir)
+    info = report_mod.build_report(rd)
+    if c.as_json:
+        c.emit_json(info)
+    else:
+        print_report(c.console(), info, rd)
 
 
 @cli.command()
@@ -300,9 +392,16 @@ def report(c: Ctx, run_dir: str | None) -> None:
 @pass_ctx
 def compare(c: Ctx, run_a: str, run_b: str) -> None:
     """Compare two runs side by side (same scenario, different config)."""
-    from . import report as report_mod
+    from .. import report as report_mod
+    from ..runstate import find_run_dir
+    from .output import print_compare
 
-    _finish(c, report_mod.compare_command(c, run_a, run_b))
+    a, b = report_mod.load_run(find_run_dir(run_a)), report_mod.load_run(find_run_dir(run_b))
+    res = report_mod.compare_runs(a, b)
+    if c.as_json:
+        c.emit_json(res)
+    else:
+        print_compare(c.console(), a, b, res)
 
 
 @cli.command()
@@ -311,12 +410,35 @@ def compare(c: Ctx, run_a: str, run_b: str) -> None:
 @pass_ctx
 def demo(c: Ctx, keep: bool) -> None:
     """up → verification scenarios → collect → down, on the inventory (default: the local sim cluster)."""
-    from . import cluster
 
     src = click.get_current_context().parent.get_parameter_source("inventory_path")  # type: ignore[union-attr]
     if src is not None and src.name == "DEFAULT" and not os.environ.get("ORCHESTRATE_INVENTORY"):
-        c.inventory_path = str(Path(__file__).resolve().parent.parent / "inventories" / "local.yaml")
-    _finish(c, cluster.demo_command(c, c.plan(), keep=keep))
+        c.inventory_path = str(Path(__file__).resolve().parents[2] / "inventories" / "local.yaml")
+    c.start_events()
+    sys.exit(_demo(c, keep))
+
+
+def _demo(c: Ctx, keep: bool) -> int:
+    from .. import cluster
+    from .output import print_down, print_up
+
+    plan = c.plan()
+    con = c.console()
+    con.print(f"[bold]demo[/] on cluster [cyan]{plan.cluster}[/] ({c.inventory_path})")
+    up_result = cluster.up(c, plan)
+    if not c.as_json:
+        print_up(con, plan, up_result.to_json(), c.verbose)
+    verdict = 0
+    try:
+        for scenario in ("reuse", "reuse-2node"):
+            verdict = max(verdict, _run_scenario(c, scenario, []))
+    finally:
+        if not keep:
+            down = cluster.down(c, plan, collect=True)
+            if not c.as_json:
+                print_down(con, plan.cluster, down.to_json())
+    con.print("[bold green]demo passed[/]" if verdict == 0 else f"[bold red]demo failed[/] (exit {verdict})")
+    return verdict
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,11 +454,12 @@ def demo(c: Ctx, keep: bool) -> None:
 def sweep(c: Ctx, file: str, dry_run: bool, resume: bool, out_dir: str | None) -> None:
     """Run a sweep file (sweeps/*.yaml): factors over inventory settings and scenario parameters,
     trials per point; only processes whose rendered files changed are restarted between points."""
-    from . import sweep as sweep_mod
+    from .. import sweep as sweep_mod
 
     con = c.console()
+    c.start_events()
     res = sweep_mod.run_sweep(sweep_mod.find(file), ssh_config=c.ssh_config, out_dir=Path(out_dir) if out_dir else None,
-                              resume=resume, dry_run=dry_run, progress=None if c.as_json else con.print)
+                              resume=resume, dry_run=dry_run, progress=None if c.as_json else con.print, events=c.events)
     if c.as_json:
         c.emit_json(res.model_dump())
         return
@@ -350,12 +473,6 @@ def sweep(c: Ctx, file: str, dry_run: bool, resume: bool, out_dir: str | None) -
             con.print(f"best {name} ({b['goal']}): {b['point']} = {b['mean']:.4g}")
         con.print(f"[bold]sweep {res.name}[/]: {len(res.points)} points in {res.wall_s:.1f} s "
                   f"(sum of points {res.points_s:.1f} s) → {res.report}")
-
-
-def _finish(c: Ctx, result: Any) -> None:
-    """Commands return an exit code (int) or None."""
-    if isinstance(result, int) and result != 0:
-        sys.exit(result)
 
 
 def _fail(e: UserError, verbose: int) -> NoReturn:

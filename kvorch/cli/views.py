@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from .render import shell_argv
+from ..render import shell_argv
 
 if TYPE_CHECKING:
-    from .plan import Plan
+    from ..plan import Plan
 
 
 def print_plan(con: Console, plan: Plan, *, verbose: int = 0) -> None:
@@ -31,7 +31,7 @@ def print_plan(con: Console, plan: Plan, *, verbose: int = 0) -> None:
             files.add_row(f.path + (" (secret)" if f.secret else ""), oct(f.mode)[2:], str(len(f.content)), f.sha256[:12])
         con.print(files)
         if host.bundle:
-            from .bundle import local_bundle
+            from ..bundle import local_bundle
 
             b = local_bundle()
             con.print(f"  bundle: {b.dir}/ ({len(b.files)} files, {b.size} bytes: "

@@ -1,0 +1,71 @@
+"""The command line's :class:`~kvorch.events.Events`: rich progress while processes become healthy,
+a spinner while a scenario runs, and the library's words on the console (stdout; stderr with --json,
+which keeps stdout for the JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from ..events import Events
+
+
+class RichEvents(Events):
+    def __init__(self, console: Console, *, quiet: bool = False, verbose: int = 0):
+        self.con = console
+        self.quiet = quiet  # --json: no progress bars (the words still go to stderr)
+        self.verbose = verbose
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._status: Any = None
+
+    # ---- health waits
+    def waiting(self, process: str, url: str) -> None:
+        if self.quiet:
+            return
+        if self._progress is None:
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                      TimeElapsedColumn(), console=self.con, transient=True)
+            self._progress.start()
+        self._tasks[process] = self._progress.add_task(f"{process}: waiting for {url}", total=1)
+
+    def healthy(self, process: str, seconds: float) -> None:
+        if self._progress is not None and process in self._tasks:
+            self._progress.update(self._tasks[process], completed=1, description=f"{process}: healthy")
+
+    def waiting_done(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        self._progress, self._tasks = None, {}
+
+    def start_failed(self, process: str, host: str, reason: str, log_path: str, log_tail: str) -> None:
+        self.waiting_done()
+        self.con.print(f"[bold red]{escape(process)}[/] on {escape(host)}: {escape(reason)}; last lines of {escape(log_path)}:")
+        self.con.print(log_tail or "(empty log)", markup=False, highlight=False)
+
+    # ---- scenarios
+    def scenario_started(self, name: str, kind: str, cluster: str) -> None:
+        if not self.quiet:
+            self._status = self.con.status(f"running {name} ({kind}) on cluster {cluster}…", spinner="dots")
+            self._status.start()
+
+    def scenario_finished(self, name: str, verdict: str, seconds: float) -> None:
+        self.close()
+
+    # ---- words
+    def info(self, message: str) -> None:
+        self.con.print(escape(message))
+
+    def warning(self, message: str) -> None:
+        self.con.print(f"[yellow]warning:[/] {escape(message)}")
+
+    def close(self) -> None:
+        """Stop whatever is on screen (an interrupted command)."""
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        self.waiting_done()
