@@ -48,3 +48,17 @@ def test_a_start_failure_raises_with_its_data_and_rolls_back(tmp_path):
     assert "controller" in e.value.stopped and "prefill" in e.value.stopped
     assert any(n == "start_failed" and a["process"] == "decode" for n, a in ev.calls)
     assert fx.leftovers() == []
+
+
+def test_the_shipped_example_runs(tmp_path):
+    import os
+    import subprocess
+
+    fx = Fixture(tmp_path)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "ORCHESTRATE_STATE": str(tmp_path / "state"), "ORCHESTRATE_LOGS": str(tmp_path / "logs")}
+    r = subprocess.run([sys.executable, str(root / "examples" / "reuse_sweep.py"), str(fx.inv_path)], env=env,
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "reuse-2node prefix_tokens=1024: pass" in r.stdout
+    assert fx.leftovers() == []
