@@ -10,7 +10,7 @@ returned, progress goes to the session's :class:`~kvorch.events.Events`.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import Interrupted, PreflightFailed, StartFailed, UserError
 from .nodes import Node, close_all, open_nodes
@@ -21,7 +21,7 @@ from .runstate import (ProcessState, HostState, RunState, clear_state, cluster_l
                        save_state)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from .events import Events
     from .session import Session
@@ -408,19 +408,32 @@ def logs(c: Session, plan: Plan, *, name: str | None = None, lines: int = 20) ->
     return LogsResult({"processes": tails})
 
 
-def follow(c: Session, plan: Plan, *, name: str | None = None, lines: int = 20,
-           poll_s: float = 0.5) -> Iterator[tuple[str, str, str]]:
-    """``(process, host, line)``: the last ``lines`` of each log, then every new complete line as it is
-    written, until the caller stops iterating (close the generator, or Ctrl-C)."""
+class LogLine(NamedTuple):
+    process: str
+    host: str
+    line: str
+    tail: bool  # one of the last lines that were there already (else: written since)
+
+
+def follow(c: Session, plan: Plan, *, name: str | None = None, lines: int = 20, poll_s: float = 0.5,
+           on_tail: Callable[[dict[str, Any]], None] | None = None) -> Iterator[LogLine]:
+    """The last ``lines`` of each log (``tail`` True), then every new complete line as it is
+    written, until the caller stops iterating (close the generator, or Ctrl-C). ``on_tail`` is
+    called with ``{process: {host, lines}}`` once the tails are read, before following starts."""
     procs = _log_procs(plan, name)
     nodes, _ = open_nodes(c.inventory(), plan, c.ssh_config, names=sorted({p.host for p in procs}))
     try:
         offsets: dict[str, int] = {}
+        tails: dict[str, Any] = {}
         for p in procs:
             node = nodes[p.host]
             offsets[p.name] = node.ops.file_size(p.log_path) or 0  # before the tail: no line is missed
-            for line in (node.ops.tail(p.log_path, lines) or "").splitlines():
-                yield p.name, p.host, line
+            tails[p.name] = {"host": p.host, "lines": (node.ops.tail(p.log_path, lines) or "").splitlines()}
+        if on_tail is not None:
+            on_tail(tails)
+        for p in procs:
+            for line in tails[p.name]["lines"]:
+                yield LogLine(p.name, p.host, line, True)
         while True:
             time.sleep(poll_s)
             for p in procs:
@@ -430,6 +443,6 @@ def follow(c: Session, plan: Plan, *, name: str | None = None, lines: int = 20,
                     continue
                 offsets[p.name] += complete
                 for line in data[:complete].decode(errors="replace").splitlines():
-                    yield p.name, p.host, line
+                    yield LogLine(p.name, p.host, line, False)
     finally:
         close_all(nodes)

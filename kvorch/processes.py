@@ -136,7 +136,8 @@ def classify(p: ProcessSpec, mp: MarkedProcess, expected: list[int] | None = Non
         problems.append(f"group leader {mp.leader_pid} is gone")
     if server is None:
         problems.append(f"nothing of ours listens on port {p.port}")
-    gone = [x for x in (expected or []) if x not in members]
+    # the members recorded when it became healthy, if this is still that incarnation (same leader)
+    gone = [x for x in (expected or []) if x not in members] if mp.leader_pid in (expected or []) else []
     if gone and mp.leader_marked:
         problems.append(f"process(es) {', '.join(map(str, gone))} of its group exited")
     others = [m for m in members if m not in (mp.leader_pid, server)]

@@ -244,13 +244,16 @@ def logs(c: Ctx, name: str | None, follow: bool, lines: int) -> None:
                 print(f"{n:>{width}} | {line}", flush=True)
         return
     width = max(len(p.name) for p in plan.processes())
-    lines_of = cluster.follow(c, plan, name=name, lines=lines)
+    # --json -f: first the tails as one object (as `logs --json` prints), then one JSON line per new line
+    lines_of = cluster.follow(c, plan, name=name, lines=lines,
+                              on_tail=(lambda t: print(json.dumps({"processes": t}), flush=True)) if c.as_json else None)
     try:
-        for proc, host, line in lines_of:
+        for ll in lines_of:
             if c.as_json:
-                print(json.dumps({"process": proc, "host": host, "line": line}), flush=True)
+                if not ll.tail:
+                    print(json.dumps({"process": ll.process, "host": ll.host, "line": ll.line}), flush=True)
             else:
-                print(f"{proc:>{width}} | {line}", flush=True)
+                print(f"{ll.process:>{width}} | {ll.line}", flush=True)
     except KeyboardInterrupt:
         pass
     finally:
