@@ -91,6 +91,9 @@ class RequestRecord(BaseModel):
         None, description="request on the wire → end of stream (or → failure)"
     )
     output_text: str = ""
+    output_token_ids: list[int] | None = Field(
+        None, description="generated token ids, when the server returned them (vLLM: body return_token_ids)"
+    )
     finish_reason: str | None = None
     num_chunks: int = Field(0, description="content chunks received")
     status: Status = "ok"
@@ -203,7 +206,7 @@ class _Progress:
     """Mutable state of one streaming request, kept outside the timed-out coroutine."""
 
     __slots__ = ("t_call", "t0", "wall0", "sent", "last", "text", "itl", "ttft", "chunks", "usage", "finish", "rid",
-                 "http")
+                 "http", "token_ids")
 
     def __init__(self) -> None:
         self.t_call = time.perf_counter()
@@ -219,6 +222,7 @@ class _Progress:
         self.finish: str | None = None
         self.rid: str | None = None
         self.http: int | None = None
+        self.token_ids: list[int] | None = None
 
     async def trace(self, event: str, info: dict[str, Any]) -> None:
         """httpx's ``trace`` extension: the clock starts when the request's headers start going
@@ -276,6 +280,9 @@ async def _stream(
             text = ""
             for choice in obj.get("choices") or []:
                 text += _chunk_text(choice, kind)
+                ids = choice.get("token_ids")
+                if isinstance(ids, list):
+                    p.token_ids = (p.token_ids or []) + [int(t) for t in ids]
                 if choice.get("finish_reason"):
                     p.finish = choice["finish_reason"]
             if text:
@@ -376,6 +383,7 @@ async def send(
         tpot_s=tpot,
         e2e_s=e2e,
         output_text="".join(p.text),
+        output_token_ids=p.token_ids,
         finish_reason=p.finish,
         num_chunks=p.chunks,
         status=status,

@@ -605,9 +605,10 @@ def demo_command(c: Ctx, plan: Plan, *, keep: bool = False) -> int:
         from .scenarios import runner
 
         for scenario in ("reuse", "reuse-2node"):
-            verdict = max(verdict, runner.run_command(c, scenario, list_=False, overrides=[]) or 0)
+            verdict = runner.worst_exit([verdict, runner.run_command(c, scenario, list_=False, overrides=[]) or 0])
     finally:
         if not keep:
             down_command(c, plan, collect=True)
-    con.print("[bold green]demo passed[/]" if verdict == 0 else f"[bold red]demo failed[/] (exit {verdict})")
+    con.print("[bold green]demo passed[/]" if verdict == 0 else "[bold magenta]demo inconclusive[/] (exit 3)"
+              if verdict == 3 else f"[bold red]demo failed[/] (exit {verdict})")
     return verdict

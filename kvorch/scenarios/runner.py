@@ -1,6 +1,7 @@
 """`orchestrate run SCENARIO`: load, run against the running cluster, check, write, print.
 
-Exit codes: 0 every check passed, 1 a check failed, 2 the scenario could not run (with the reason).
+Exit codes: 0 every check passed, 1 a check failed, 2 the scenario could not run (with the reason),
+3 inconclusive (a timing check's interval straddles its threshold; the result says what to change).
 Results go to ``logs/<run-id>/scenarios/<scenario>-<n>/``: result.json (results, checks, headline),
 requests.jsonl (per-request records), evidence.json (per-request log evidence), samples.jsonl.
 """
@@ -15,10 +16,21 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UserError
 from ..runstate import load_state, now, save_state
 from . import spec as spec_mod
-from .expr import evaluate
+from .verdicts import judge_checks
 
 if TYPE_CHECKING:
     from ..cli import Ctx
+
+#: the exit code of each verdict (2 is "could not run", raised as a UserError)
+VERDICT_EXIT = {"pass": 0, "fail": 1, "inconclusive": 3}
+
+
+def worst_exit(codes: list[int]) -> int:
+    """Several scenario runs' exit codes as one: a failure (1) beats inconclusive (3) beats pass (0)."""
+    for code in (1, 2, 3):
+        if code in codes:
+            return code
+    return max(codes, default=0)
 
 
 def list_scenarios(c: Ctx) -> int:
@@ -104,16 +116,8 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
     env = {"topology": plan.topology, "engine": plan.engine,
            "random_weights": inv.tiny_model is not None,  # a locally made model: its text means nothing
            **outcome.results, "params": params.model_dump()}
-    checks = []
-    for ch in spec.checks:
-        if ch.when is not None and not evaluate(ch.when, env).passed:
-            checks.append({"name": ch.name, "expr": ch.expr, "passed": None, "shown": f"skipped (only when {ch.when})",
-                           "severity": ch.severity})
-            continue
-        o = evaluate(ch.expr, env)
-        checks.append({"name": ch.name, "expr": ch.expr, "passed": o.passed, "shown": o.shown, "severity": ch.severity})
-    failed = [ch for ch in checks if ch["passed"] is False and ch["severity"] == "fail"]
-    verdict = "pass" if not failed else "fail"
+    trials = outcome.results.get("trials") if isinstance(outcome.results.get("trials"), list) else None
+    checks, verdict = judge_checks(spec.checks, env, trials, outcome.results.get("calibration"))
 
     result = {"scenario": spec.name, "kind": spec.kind, "description": spec.description, "seed_doc": spec.seed,
               "cluster": plan.cluster, "run_id": state.run_id, "started_at": started, "seconds": round(took, 3),
@@ -134,7 +138,7 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
         c.emit_json(result)
     else:
         print_result(con, result)
-    return 0 if verdict == "pass" else 1
+    return VERDICT_EXIT[verdict]
 
 
 def print_result(con: Any, result: dict[str, Any]) -> None:
@@ -145,8 +149,10 @@ def print_result(con: Any, result: dict[str, Any]) -> None:
     t.add_column("", justify="center")
     t.add_column("measured", overflow="fold")
     for ch in result["checks"]:
-        mark = ("[dim]skip[/]" if ch["passed"] is None else "[green]pass[/]" if ch["passed"]
-                else "[yellow]warn[/]" if ch["severity"] == "warn" else "[red]FAIL[/]")
+        v = ch.get("verdict") or ("skip" if ch["passed"] is None else "pass" if ch["passed"] else "fail")
+        mark = ("[dim]skip[/]" if v == "skip" else "[green]pass[/]" if v == "pass"
+                else "[yellow]warn[/]" if ch["severity"] == "warn" else "[magenta]INCONCLUSIVE[/]" if v == "inconclusive"
+                else "[red]FAIL[/]")
         t.add_row(ch["name"], mark, ch["shown"])
     con.print(t)
     nums = Table(box=None, show_header=False, padding=(0, 2))
@@ -158,7 +164,7 @@ def print_result(con: Any, result: dict[str, Any]) -> None:
     con.print(nums)
     for n in result.get("notes", []):
         con.print(f"[yellow]note:[/] {n}")
-    colour = "green" if result["verdict"] == "pass" else "red"
+    colour = {"pass": "green", "inconclusive": "magenta"}.get(result["verdict"], "red")
     con.print(f"[bold {colour}]{result['scenario']}: {result['verdict'].upper()}[/] in {result['seconds']:.1f} s → {result['dir']}")
 
 
