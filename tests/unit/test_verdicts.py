@@ -1,0 +1,64 @@
+"""Judging checks: exact checks hold in every trial; timing checks on intervals, with power."""
+
+from kvorch.scenarios.spec import CheckSpec
+from kvorch.scenarios.verdicts import judge_checks
+
+import pytest
+from pydantic import ValidationError
+
+TIMING = CheckSpec(name="faster than a cold control", speedup="ttft_speedup_vs_control", at_least=1.2)
+HITS = CheckSpec(name="hits", expr="follow_up.hits >= 256")
+
+
+def trials(*speedups, hits=512):
+    return [{"ttft_speedup_vs_control": s, "follow_up": {"hits": hits}} for s in speedups]
+
+
+def test_timing_check_passes_when_the_interval_clears_the_threshold():
+    rows, verdict = judge_checks([TIMING, HITS], {}, trials(2.0, 2.1, 1.9), None)
+    assert verdict == "pass" and rows[0]["verdict"] == "pass" and rows[0]["interval"]["low"] >= 1.2
+
+
+def test_timing_check_fails_when_the_interval_lies_below():
+    rows, verdict = judge_checks([TIMING], {}, trials(1.0, 0.98, 1.02), None)
+    assert verdict == "fail" and rows[0]["passed"] is False
+
+
+def test_straddling_interval_is_inconclusive_and_says_what_to_change():
+    rows, verdict = judge_checks([TIMING], {}, trials(1.1, 1.4, 1.3), {"expected": {"ttft_speedup_vs_control": 1.3},
+                                                                       "detectable": {"ttft_speedup_vs_control": 1.35},
+                                                                       "cv": 0.1})
+    assert verdict == "inconclusive" and rows[0]["passed"] is None
+    assert "--set trials=" in rows[0]["reason"] and "prefix_tokens" in rows[0]["reason"]
+
+
+def test_a_would_be_failure_below_the_detectable_effect_is_inconclusive_with_its_reason():
+    cal = {"expected": {"ttft_speedup_vs_control": 1.05}, "detectable": {"ttft_speedup_vs_control": 1.3}, "cv": 0.05}
+    rows, verdict = judge_checks([TIMING], {}, trials(1.0, 1.03, 1.06), cal)
+    assert verdict == "inconclusive"
+    assert "expected 1.05×" in rows[0]["reason"] and "longer prefix" in rows[0]["reason"]
+
+
+def test_a_failure_the_calibration_could_have_detected_stays_a_failure():
+    cal = {"expected": {"ttft_speedup_vs_control": 3.0}, "detectable": {"ttft_speedup_vs_control": 1.3}, "cv": 0.05}
+    _, verdict = judge_checks([TIMING], {}, trials(1.0, 1.03, 1.06), cal)
+    assert verdict == "fail"
+
+
+def test_exact_check_must_hold_in_every_trial_and_names_the_one_that_broke():
+    t = trials(2.0, 2.0, 2.0)
+    t[1]["follow_up"]["hits"] = 0
+    rows, verdict = judge_checks([HITS], {}, t, None)
+    assert verdict == "fail" and rows[0]["shown"].startswith("trial 2 of 3")
+
+
+def test_a_failure_beats_an_inconclusive_timing_check():
+    rows, verdict = judge_checks([TIMING, HITS], {}, trials(1.1, 1.4, 1.3, hits=0), None)
+    assert [r["verdict"] for r in rows] == ["inconclusive", "fail"] and verdict == "fail"
+
+
+def test_a_check_is_either_exact_or_timing():
+    with pytest.raises(ValidationError):
+        CheckSpec(name="x", expr="a > 1", speedup="a", at_least=1.2)
+    with pytest.raises(ValidationError):
+        CheckSpec(name="x", speedup="a")
