@@ -153,6 +153,9 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
         "follow-up prefix-cache hit tokens (metrics)": per_trial[0]["follow_up"]["metrics"]["prefix_cache_hit_tokens"],
         "base prompt tokens": per_trial[0]["base"]["prompt_tokens"],
         "calibration wall time (s)": results["wall_s"]["calibration"],
+        "expected speedup vs control (calibration)": _r3((cal.expected if cal else {}).get("ttft_speedup_vs_control")),
+        "smallest detectable speedup vs control": _r3((cal.detectable if cal else {}).get("ttft_speedup_vs_control")),
+        "TTFT noise (cv, calibration)": _r3(cal.cv) if cal else None,
     }
     # per-trial values for `compare` (bootstrap over trials)
     results["per_trial_values"] = {
@@ -244,6 +247,10 @@ def _trial_view(wb: Workbench, i: int, base: RequestRecord, follow: RequestRecor
             "cold_hit_tokens": cm["cache_hit_tokens"],
         }
     return view
+
+
+def _r3(x: float | None) -> float | None:
+    return round(x, 3) if x is not None else None
 
 
 def _ms(s: float | None) -> float | None:
