@@ -97,6 +97,7 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
         raise ScenarioCannotRun(f"not healthy: {', '.join(sick)}", hint="`orchestrate status` and `orchestrate logs NAME` show why")
     out = _next_dir(state.run_dir() / "scenarios", spec.name)
     nodes, _ = open_nodes(inv, plan, c.ssh_config, names=sorted({p.host for p in plan.processes()}))
+    random_weights = inv.tiny_model is not None or _made_by_tinymodel(nodes, plan, inv.model)
     wb = Workbench(inv, plan, nodes, out)
     con = c.console()
     started = now()
@@ -114,7 +115,7 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
     took = time.monotonic() - t0
 
     env = {"topology": plan.topology, "engine": plan.engine,
-           "random_weights": inv.tiny_model is not None,  # a locally made model: its text means nothing
+           "random_weights": random_weights,  # a locally made model: its text means nothing
            **outcome.results, "params": params.model_dump()}
     trials = outcome.results.get("trials") if isinstance(outcome.results.get("trials"), list) else None
     checks, verdict = judge_checks(spec.checks, env, trials, outcome.results.get("calibration"))
@@ -139,6 +140,23 @@ def _run(c: Ctx, spec: spec_mod.ScenarioSpec, params: Any) -> int:
     else:
         print_result(con, result)
     return VERDICT_EXIT[verdict]
+
+
+def _made_by_tinymodel(nodes: dict[str, Any], plan: Any, model: str) -> bool:
+    """The model is a directory kvorch.tinymodel made (its marker file is there): random weights,
+    given by path without ``tiny_model:``."""
+    from ..tinymodel import MARKER
+
+    if not model.startswith(("/", "~")):
+        return False
+    for e in plan.engines():
+        node = nodes.get(e.host)
+        if node is not None:
+            try:
+                return node.ops.file_size(node.path(f"{model.rstrip('/')}/{MARKER}")) is not None
+            except Exception:  # noqa: BLE001 - unknown is "not random": the outputs check then runs
+                return False
+    return False
 
 
 def print_result(con: Any, result: dict[str, Any]) -> None:

@@ -62,3 +62,23 @@ def test_a_check_is_either_exact_or_timing():
         CheckSpec(name="x", expr="a > 1", speedup="a", at_least=1.2)
     with pytest.raises(ValidationError):
         CheckSpec(name="x", speedup="a")
+
+
+def test_a_model_made_by_tinymodel_counts_as_random_weights_without_tiny_model(tmp_path):
+    from types import SimpleNamespace
+
+    from kvorch.hosts.local import LocalTransport
+    from kvorch.hosts.ops import HostOps
+    from kvorch.scenarios.runner import _made_by_tinymodel
+    from kvorch.tinymodel import MARKER
+
+    made, real = tmp_path / "made", tmp_path / "real"
+    made.mkdir()
+    real.mkdir()
+    (made / MARKER).write_text("{}")
+    ops = HostOps(LocalTransport())
+    node = SimpleNamespace(ops=ops, path=lambda p: p)
+    plan = SimpleNamespace(engines=lambda: [SimpleNamespace(host="local")])
+    assert _made_by_tinymodel({"local": node}, plan, str(made))
+    assert not _made_by_tinymodel({"local": node}, plan, str(real))
+    assert not _made_by_tinymodel({"local": node}, plan, "meta-llama/Meta-Llama-3.1-8B-Instruct")
