@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,7 +41,7 @@ REAL_TRIALS = 5
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prefix_tokens: int | Literal["auto"] = Field(
+    prefix_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1024, description="length of the shared prefix (≥ 2 chunks to prove reuse); auto: from the calibration")
     question: str = " Question: what were the key developments in AI research during the 1960s and 1970s?"
     max_tokens: int = Field(32, ge=1)
