@@ -113,9 +113,7 @@ def test_noise_widens_the_interval(cluster):
         _, res = run(orch, "reuse-2node", "trials=5")
         iv = check(res, "follow-up TTFT is lower")["interval"]
         widths[name] = (iv["high"] - iv["low"]) / iv["estimate"]
-        widths[name + "_cv"] = res["results"]["calibration"]["cv"]
     assert widths["noisy"] > 2 * widths["quiet"] and widths["noisy"] > 0.3
-    assert widths["noisy_cv"] > 2 * widths["quiet_cv"]
 
 
 def test_auto_prefix_is_picked_from_the_calibration_within_max_model_len(cluster):
