@@ -85,7 +85,7 @@ def test_corrupted_reused_kv_fails_the_correctness_check_and_only_it(cluster):
     code, res = run(orch, "reuse-2node")
     assert code == 1 and res["verdict"] == "fail"
     corr = check(res, "the answer from reused KV equals")
-    assert corr["verdict"] == "fail" and "correctness.divergence = 'at " in corr["shown"]
+    assert corr["verdict"] == "fail" and "correctness.confident_divergence = 'at " in corr["shown"]
     tr = res["results"]["trials"][0]["correctness"]
     assert tr["first_divergence"] is not None and tr["reused_token"] != tr["cold_token"]
     # the reuse itself was real: the hit checks still pass, and the cold reference really was cold

@@ -82,3 +82,27 @@ def test_a_model_made_by_tinymodel_counts_as_random_weights_without_tiny_model(t
     assert _made_by_tinymodel({"local": node}, plan, str(made))
     assert not _made_by_tinymodel({"local": node}, plan, str(real))
     assert not _made_by_tinymodel({"local": node}, plan, "meta-llama/Meta-Llama-3.1-8B-Instruct")
+
+
+def test_reused_answer_equal_to_the_cold_one_has_no_divergence():
+    from kvorch.scenarios.kinds.reuse import compare_answers
+
+    c = compare_answers([1, 2, 3], [1, 2, 3], None, None, 0.05)
+    assert c["equal"] and c["confident_divergence"] == "none"
+
+
+def test_a_divergence_at_a_numerical_tie_is_told_from_a_wrong_answer():
+    from kvorch.scenarios.kinds.reuse import compare_answers
+
+    reused, cold = [5, 7, 9], [5, 8, 9]
+    tie_r = [{"5": -0.1}, {"7": -0.70, "8": -0.71}, {}]
+    tie_c = [{"5": -0.1}, {"8": -0.69, "7": -0.70}, {}]
+    tie = compare_answers(reused, cold, tie_r, tie_c, 0.05)
+    assert tie["tie"] and tie["confident_divergence"] == "none" and tie["first_divergence"] == 1
+    sure_c = [{"5": -0.1}, {"8": -0.01, "7": -4.6}, {}]
+    wrong = compare_answers(reused, cold, tie_r, sure_c, 0.05)
+    assert not wrong["tie"] and wrong["confident_divergence"].startswith("at 1: 7≠8 (cold Δlogprob 4.59")
+    blind = compare_answers(reused, cold, None, None, 0.05)  # no logprobs (e.g. the sim): a divergence is real
+    assert blind["confident_divergence"].startswith("at 1: 7≠8")
+    absent = compare_answers(reused, cold, tie_r, [{"5": 0.0}, {"8": -0.01}, {}], 0.05)  # 7 not in cold's top-k
+    assert "inf" in absent["confident_divergence"]

@@ -54,6 +54,8 @@ class Params(BaseModel):
                                f"simulated engine, {REAL_TRIALS} on real engines)")
     calibrate: bool = Field(True, description="measure cold TTFT vs length and a hit's cost first (power)")
     correctness: bool = Field(True, description="compare the follow-up's tokens with a cold (cache_salt) answer")
+    tie_tolerance: float = Field(0.05, ge=0, description="a divergence where both runs' logprobs of the two tokens "
+                                 "are within this many nats is a numerical tie, not a wrong answer")
     seed: int | None = Field(None, description="prompt seed (default: a fresh one per run, so no cache is warm)")
 
 
@@ -65,6 +67,42 @@ def prefix_bound(wb: Workbench, engine: Any, question_tokens: int, max_tokens: i
     """The longest prefix that fits the engine's context with the question and the answer."""
     limit = wb.max_model_len(engine) or 4096
     return max(wb.chunk_size, limit - question_tokens - max_tokens - 16)
+
+
+#: what the follow-up, the control and the cold reference ask for (the same for all: equal cost)
+ANSWER_DETAIL = {"return_token_ids": True, "logprobs": 5, "return_tokens_as_token_ids": True}
+
+
+def compare_answers(reused: list[int] | None, cold: list[int] | None, reused_top: list[dict[str, float]] | None,
+                    cold_top: list[dict[str, float]] | None, tolerance: float) -> dict[str, Any]:
+    """The reused-KV answer against the cold one, token for token. At the first divergence, a
+    numerical tie is told from a real difference by the logprobs both runs report there: a tie
+    when, in each run, the other run's token scores within ``tolerance`` (nats) of the chosen one
+    (bfloat16 prefill of only the uncached part can round such near-equal logits either way; a
+    random-weights model produces many). Without logprobs a divergence counts as real."""
+    div = first_divergence(reused, cold)
+    out: dict[str, Any] = {"first_divergence": div, "equal": reused is not None and cold is not None and div is None,
+                           "gap_cold": None, "gap_reused": None, "tie": False}
+    if div is None or reused is None or cold is None or div >= min(len(reused), len(cold)):
+        out["confident_divergence"] = "none" if out["equal"] else ("no tokens" if reused is None or cold is None
+                                                                   else f"length differs at {div}")
+        return out
+    a, b = reused[div], cold[div]
+
+    def gap(top: list[dict[str, float]] | None, chosen: int, other: int) -> float | None:
+        if not top or div >= len(top) or str(chosen) not in top[div]:
+            return None
+        return top[div][str(chosen)] - top[div].get(str(other), float("-inf"))
+
+    g_cold, g_reused = gap(cold_top, b, a), gap(reused_top, a, b)
+    out.update(gap_cold=g_cold, gap_reused=g_reused)
+    if g_cold is not None and g_reused is not None and max(g_cold, g_reused) <= tolerance:
+        out["tie"] = True
+        out["confident_divergence"] = "none"
+    else:
+        shown = "?" if g_cold is None else ("inf" if g_cold == float("inf") else f"{g_cold:.3g}")
+        out["confident_divergence"] = f"at {div}: {a}≠{b} (cold Δlogprob {shown})"
+    return out
 
 
 def first_divergence(a: list[int] | None, b: list[int] | None) -> int | None:
@@ -118,7 +156,7 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
         records.extend(r for r in out[:4] if r is not None)
     evidence, unattributed = wb.evidence(mark, [r for t in raw for r in t[:4] if r is not None])
     for i, (base, follow, control, cold, m) in enumerate(raw):
-        per_trial.append(_trial_view(wb, i, base, follow, control, cold, m, evidence))
+        per_trial.append(_trial_view(wb, i, base, follow, control, cold, m, evidence, p.tie_tolerance))
     t_end = time.monotonic()
 
     results: dict[str, Any] = {
@@ -172,7 +210,7 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
 def _trial(wb: Workbench, base_e: Any, follow_e: Any, p: Params, prefix_tokens: int, tseed: int, count: Any,
            i: int) -> tuple[RequestRecord, RequestRecord, RequestRecord | None, RequestRecord | None, dict[str, Any]]:
     tag = {"trial": str(i)}
-    ids = {"return_token_ids": True}
+    ids = ANSWER_DETAIL
     prefix = text_of_tokens(prefix_tokens, tseed, count)
     s0 = wb.snapshot()
     base = wb.send(base_e, prefix, p.max_tokens, tags={"phase": "base", **tag}, extra_body=ids)
@@ -186,7 +224,8 @@ def _trial(wb: Workbench, base_e: Any, follow_e: Any, p: Params, prefix_tokens: 
     if p.control:
         time.sleep(p.settle_s)
         control_prefix = text_of_tokens(prefix_tokens, tseed + 104729, count)
-        control = wb.send(follow_e, control_prefix + p.question, p.max_tokens, tags={"phase": "control", **tag})
+        control = wb.send(follow_e, control_prefix + p.question, p.max_tokens, tags={"phase": "control", **tag},
+                          extra_body=ids)
     if p.correctness:
         time.sleep(min(p.settle_s, 0.2))
         c0 = wb.snapshot([follow_e.name])
@@ -211,7 +250,8 @@ def _with_cache_hits(d: dict[str, float]) -> dict[str, Any]:
 
 
 def _trial_view(wb: Workbench, i: int, base: RequestRecord, follow: RequestRecord, control: RequestRecord | None,
-                cold: RequestRecord | None, m: dict[str, Any], evidence: dict[str, Any]) -> dict[str, Any]:
+                cold: RequestRecord | None, m: dict[str, Any], evidence: dict[str, Any],
+                tie_tolerance: float) -> dict[str, Any]:
     fm = _with_cache_hits(m["d_follow"])
     view: dict[str, Any] = {
         "trial": i,
@@ -230,18 +270,16 @@ def _trial_view(wb: Workbench, i: int, base: RequestRecord, follow: RequestRecor
     if cold is not None:
         cm = _with_cache_hits(m["d_cold"])
         a, b = follow.output_token_ids, cold.output_token_ids
-        div = first_divergence(a, b)
+        cmp = compare_answers(a, b, follow.output_top_logprobs, cold.output_top_logprobs, tie_tolerance)
+        div = cmp["first_divergence"]
         view["cold"] = {**record_view(cold, evidence.get(cold.request_id)), "metrics": cm,
                         "output_token_ids": b}
         view["follow_up"]["output_token_ids"] = a
         view["correctness"] = {
+            **cmp,
             "compared": a is not None and b is not None and follow.ok and cold.ok,
             "tokens_compared": min(len(a), len(b)) if a is not None and b is not None else 0,
-            "equal": a is not None and b is not None and a == b and len(a) > 0,
-            "first_divergence": div,
-            "divergence": "none" if div is None else (
-                f"at {div}: {a[div] if a is not None and div < len(a) else 'end'}≠"
-                f"{b[div] if b is not None and div < len(b) else 'end'}"),
+            "tokens_equal_before_divergence": div if div is not None else (len(a) if a else 0),
             "reused_token": a[div] if (div is not None and a is not None and div < len(a)) else None,
             "cold_token": b[div] if (div is not None and b is not None and div < len(b)) else None,
             "cold_hit_tokens": cm["cache_hit_tokens"],
