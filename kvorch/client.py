@@ -283,17 +283,19 @@ async def _stream(
             if isinstance(obj.get("usage"), dict):
                 p.usage = obj["usage"]
             text = ""
+            new_ids = 0
             for choice in obj.get("choices") or []:
                 text += _chunk_text(choice, kind)
                 ids = choice.get("token_ids")
                 if isinstance(ids, list):
                     p.token_ids = (p.token_ids or []) + [int(t) for t in ids]
+                    new_ids += len(ids)
                 lp = choice.get("logprobs")
                 if isinstance(lp, dict) and isinstance(lp.get("top_logprobs"), list):
                     p.top_logprobs = (p.top_logprobs or []) + [_top(d) for d in lp["top_logprobs"]]
                 if choice.get("finish_reason"):
                     p.finish = choice["finish_reason"]
-            if text:
+            if text or new_ids:  # a token whose text is empty (a partial UTF-8 piece) is still a token
                 if p.ttft is None:
                     p.ttft = now - p.t0
                 elif p.last is not None:
