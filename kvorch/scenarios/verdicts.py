@@ -98,10 +98,19 @@ def judge_checks(checks: Sequence[Any], common: dict[str, Any], trials: Sequence
     return rows, overall(rows)
 
 
+def row_verdict(r: dict[str, Any]) -> str:
+    """A check row's verdict; rows made elsewhere may carry only ``passed`` (True/False/None = skip)."""
+    if r.get("verdict"):
+        return str(r["verdict"])
+    return "skip" if r.get("passed") is None else "pass" if r["passed"] else "fail"
+
+
 def overall(rows: Sequence[dict[str, Any]]) -> Verdict:
-    gating = [r for r in rows if r.get("severity") == "fail"]
-    if any(r.get("verdict") == "fail" for r in gating):
+    """fail when a failing-severity row failed, else inconclusive when one is, else pass (rows
+    without ``verdict`` — e.g. a process check appended by the runner — count by ``passed``)."""
+    gating = [row_verdict(r) for r in rows if r.get("severity", "fail") == "fail"]
+    if "fail" in gating:
         return "fail"
-    if any(r.get("verdict") == "inconclusive" for r in gating):
+    if "inconclusive" in gating:
         return "inconclusive"
     return "pass"

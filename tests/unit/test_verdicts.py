@@ -106,3 +106,12 @@ def test_a_divergence_at_a_numerical_tie_is_told_from_a_wrong_answer():
     assert blind["confident_divergence"].startswith("at 1: 7≠8")
     absent = compare_answers(reused, cold, tie_r, [{"5": 0.0}, {"8": -0.01}, {}], 0.05)  # 7 not in cold's top-k
     assert "inf" in absent["confident_divergence"]
+
+
+def test_rows_with_only_passed_count_in_the_overall_verdict():
+    from kvorch.scenarios.verdicts import overall
+
+    inconclusive = {"verdict": "inconclusive", "severity": "fail", "passed": None}
+    assert overall([inconclusive, {"passed": False, "severity": "fail"}]) == "fail"
+    assert overall([inconclusive, {"passed": True, "severity": "fail"}]) == "inconclusive"
+    assert overall([{"passed": None, "severity": "fail"}, {"passed": False, "severity": "warn"}]) == "pass"
