@@ -165,6 +165,8 @@ class SimSpec(Strict):
     ms_per_output_token: float | None = Field(None, ge=0)
     startup_s: float | None = Field(None, ge=0)
     max_num_seqs: int | None = Field(None, gt=0)
+    jitter_ms: float | None = Field(None, ge=0, description="noise: a random extra 0..N ms of prefill per request")
+    corrupt_reused_kv: bool | None = Field(None, description="fault: answers served from reused KV differ from cold ones")
 
 
 class TinyModelSpec(Strict):

@@ -241,8 +241,14 @@ def latency_percentiles(stats: Mapping[str, Mapping[str, Mapping[str, float | No
 
 
 def compare_headline(rows: Sequence[tuple[str, float | None, float | None]], labels: tuple[str, str], title: str,
-                     path: Path) -> Path | None:
-    """Small multiples: one panel per headline number, run A and run B side by side."""
+                     path: Path, intervals: Sequence[tuple[tuple[float, float] | None, tuple[float, float] | None]] | None = None
+                     ) -> Path | None:
+    """Small multiples: one panel per headline number, run A and run B side by side; where the runs
+    kept per-trial values, each bar carries its 95 % interval as an error bar (``intervals``: per
+    row, (A's (low, high) or None, B's))."""
+    ivs = list(intervals) if intervals is not None else [(None, None)] * len(rows)
+    keep = [i for i, r in enumerate(rows) if r[1] is not None or r[2] is not None]
+    ivs = [ivs[i] for i in keep]
     plt = _pyplot()
     rows = [r for r in rows if r[1] is not None or r[2] is not None]
     if not rows:
@@ -252,8 +258,12 @@ def compare_headline(rows: Sequence[tuple[str, float | None, float | None]], lab
     fig, axes = plt.subplots(nrows, cols, figsize=(2.9 * cols, 2.5 * nrows + 0.5), squeeze=False)
     for ax in axes.flat[len(rows):]:
         ax.axis("off")
-    for ax, (key, a, b) in zip(axes.flat, rows):
+    for ax, (key, a, b), (ia, ib) in zip(axes.flat, rows, ivs):
         bars = ax.bar([0, 1], [a or 0, b or 0], color=[PALETTE[0], PALETTE[1]], width=0.6)
+        for x, v, iv in ((0, a, ia), (1, b, ib)):
+            if v is not None and iv is not None:
+                ax.errorbar(x, v, yerr=[[max(0.0, v - iv[0])], [max(0.0, iv[1] - v)]], fmt="none", ecolor="#333333",
+                            capsize=5, linewidth=1)
         for bar, v in zip(bars, (a, b)):
             ax.annotate("n/a" if v is None else f"{v:.4g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
@@ -326,4 +336,30 @@ def sweep_metric(groups: Mapping[str, Sequence[tuple[Any, float | None, float | 
     ax.set_ylabel(y_label)
     if len(groups) > 1:
         ax.legend(frameon=False)
+def speedup_intervals(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> Path | None:
+    """One bar per timing check: the median speedup with its 95 % interval as an error bar, the
+    per-trial values as dots and the threshold as a dashed line.
+
+    rows: ``{"label", "estimate", "low", "high", "threshold", "values", "verdict"}``."""
+    plt = _pyplot()
+    rows = [r for r in rows if r.get("estimate") is not None]
+    if not rows:
+        return None
+    colours = {"pass": "#54a24b", "fail": "#e45756", "inconclusive": "#b279a2"}
+    fig, ax = plt.subplots(figsize=(max(4.0, 2.2 * len(rows) + 1.5), 3.4))
+    for i, r in enumerate(rows):
+        est = r["estimate"]
+        err = [[max(0.0, est - r["low"])], [max(0.0, r["high"] - est)]]
+        ax.bar(i, est, color=colours.get(r.get("verdict"), PALETTE[0]), width=0.55, alpha=0.8,
+               yerr=err, capsize=6, ecolor="#333333")
+        vals = r.get("values") or []
+        ax.scatter([i + 0.18] * len(vals), vals, s=10, color="#333333", zorder=3)
+        if r.get("threshold") is not None:
+            ax.hlines(r["threshold"], i - 0.35, i + 0.35, colors="#333333", linestyles="dashed", linewidth=1)
+        ax.annotate(f"{est:.2f}× [{r['low']:.2f}, {r['high']:.2f}]\n{r.get('verdict', '')}", (i, r["high"]),
+                    ha="center", va="bottom", fontsize=7, xytext=(0, 3), textcoords="offset points")
+    ax.set_xticks(range(len(rows)), [r["label"] for r in rows], fontsize=7, wrap=True)
+    ax.set_ylabel("speedup (×), median and 95 % interval")
+    ax.margins(y=0.25)
+    ax.set_title(title)
     return _save(fig, path)

@@ -253,6 +253,12 @@ def build_report(run_dir: Path | str) -> dict[str, Any]:
         for spec in ((res.get("results") or {}).get("figures") or []):  # figures a scenario kind described
             if isinstance(spec, dict) and spec.get("file"):
                 figs.append(fig(f"{sr.name}-{spec['file']}", spec.get("title", spec["file"]), sr.name, plots.series, spec))
+        timing = [{"label": c.get("metric") or c["name"], "verdict": c.get("verdict"), "threshold": c.get("threshold"),
+                   "values": c.get("values"), **(c.get("interval") or {})} for c in res.get("checks") or []
+                  if c.get("type") == "timing" and c.get("interval")]
+        if timing:
+            figs.append(fig(f"{sr.name}-speedup.png", "speedups: median and 95 % interval over trials", sr.name,
+                            plots.speedup_intervals, timing, f"{sr.name}: speedups over trials (error bars: 95 % interval)"))
         checks = res.get("checks") or []
         scen_ctx.append({
             "name": sr.name, "scenario": sr.scenario, "kind": res.get("kind"), "description": res.get("description"),
@@ -261,7 +267,8 @@ def build_report(run_dir: Path | str) -> dict[str, Any]:
             "headline": [(k, v) for k, v in (res.get("headline") or {}).items()],
             "checks": checks, "failed": [c for c in checks if c.get("passed") is False and c.get("severity") == "fail"],
             "warned": [c for c in checks if c.get("passed") is False and c.get("severity") != "fail"],
-            "skipped": [c for c in checks if c.get("passed") is None],
+            "skipped": [c for c in checks if c.get("passed") is None and c.get("verdict") != "inconclusive"],
+            "inconclusive": [c for c in checks if c.get("verdict") == "inconclusive"],
             "notes": res.get("notes") or [], "requests": rows, "figures": [f for f in figs if f],
             "dir": str(sr.dir.relative_to(run.dir)),
         })
@@ -434,6 +441,26 @@ def _num(v: Any) -> float | None:
     return None
 
 
+def _per_trial(result: dict[str, Any]) -> dict[str, list[float]]:
+    """headline name → per-trial values a scenario kept (reuse kinds: results.per_trial_values)."""
+    raw = (result.get("results") or {}).get("per_trial_values") or {}
+    return {k: [float(x) for x in v if _num(x) is not None] for k, v in raw.items() if isinstance(v, list)}
+
+
+def difference(a: list[float] | None, b: list[float] | None) -> dict[str, Any]:
+    """B − A of a metric's median with its 95 % bootstrap interval over the trials of each run, and
+    whether it is significant (the interval excludes 0). Empty when a side kept fewer than 2 values."""
+    from . import stats
+
+    if not a or not b or len(a) < 2 or len(b) < 2:
+        return {}
+    iv = stats.diff_ci(a, b)
+    ca, cb = stats.bootstrap_ci(a), stats.bootstrap_ci(b)
+    return {"a_ci": [ca.estimate, ca.low, ca.high], "b_ci": [cb.estimate, cb.low, cb.high],
+            "diff": iv.estimate, "diff_low": iv.low, "diff_high": iv.high, "significant": stats.significant(iv),
+            "trials": [len(a), len(b)]}
+
+
 def compare_runs(a: RunData, b: RunData, out_dir: Path | None = None) -> dict[str, Any]:
     from . import plots
 
@@ -452,16 +479,19 @@ def compare_runs(a: RunData, b: RunData, out_dir: Path | None = None) -> dict[st
         assert sa is not None and sb is not None
         ha, hb = sa.result.get("headline") or {}, sb.result.get("headline") or {}
         head = []
+        pa, pb = _per_trial(sa.result), _per_trial(sb.result)
         for k in list(dict.fromkeys([*ha, *hb])):
             va, vb = ha.get(k), hb.get(k)
             na, nb = _num(va), _num(vb)
             ratio = (nb / na) if (na not in (None, 0) and nb is not None) else None
-            head.append({"name": k, "a": va, "b": vb, "b_over_a": ratio})
+            head.append({"name": k, "a": va, "b": vb, "b_over_a": ratio, **difference(pa.get(k), pb.get(k))})
         ca = {ch["name"]: ch for ch in sa.result.get("checks") or []}
         cb = {ch["name"]: ch for ch in sb.result.get("checks") or []}
         def outcome(ch: dict[str, Any] | None) -> str:
             if ch is None:
                 return "absent"
+            if ch.get("verdict") == "inconclusive":
+                return "inconclusive"
             return "skip" if ch.get("passed") is None else ("pass" if ch["passed"] else
                                                              ("warn" if ch.get("severity") == "warn" else "fail"))
 
@@ -470,7 +500,10 @@ def compare_runs(a: RunData, b: RunData, out_dir: Path | None = None) -> dict[st
                    "severity": (ca.get(k) or cb.get(k) or {}).get("severity")}
                   for k in list(dict.fromkeys([*ca, *cb]))]
         png = plots.compare_headline([(h["name"], _num(h["a"]), _num(h["b"])) for h in head], (a.run_id, b.run_id),
-                                     f"{name}: headline numbers", out_dir / f"{name}.png")
+                                     f"{name}: headline numbers (error bars: 95 % interval over trials)",
+                                     out_dir / f"{name}.png",
+                                     [(tuple(h["a_ci"][1:]) if h.get("a_ci") else None,
+                                       tuple(h["b_ci"][1:]) if h.get("b_ci") else None) for h in head])
         scen[name] = {"a_dir": str(sa.dir), "b_dir": str(sb.dir), "a_verdict": sa.verdict, "b_verdict": sb.verdict,
                       "headline": head, "checks": checks, "plot": str(png) if png else None}
     diff = config_diff(a, b)

@@ -340,7 +340,7 @@ def _run_scenario(c: Ctx, scenario: str, overrides: list[str]) -> int:
         c.emit_json(result)
     else:
         print_result(c.console(), result)
-    return 0 if result["verdict"] == "pass" else 1
+    return runner.VERDICT_EXIT[result["verdict"]]
 
 
 @cli.command()
@@ -431,16 +431,20 @@ def _demo(c: Ctx, keep: bool) -> int:
     up_result = cluster.up(c, plan)
     if not c.as_json:
         print_up(con, plan, up_result.to_json(), c.verbose)
-    verdict = 0
+    from ..scenarios.runner import worst_exit
+
+    codes: list[int] = []
     try:
         for scenario in ("reuse", "reuse-2node"):
-            verdict = max(verdict, _run_scenario(c, scenario, []))
+            codes.append(_run_scenario(c, scenario, []))
     finally:
         if not keep:
             down = cluster.down(c, plan, collect=True)
             if not c.as_json:
                 print_down(con, plan.cluster, down.to_json())
-    con.print("[bold green]demo passed[/]" if verdict == 0 else f"[bold red]demo failed[/] (exit {verdict})")
+    verdict = worst_exit(codes)
+    con.print("[bold green]demo passed[/]" if verdict == 0 else "[bold magenta]demo inconclusive[/] (exit 3)"
+              if verdict == 3 else f"[bold red]demo failed[/] (exit {verdict})")
     return verdict
 
 

@@ -97,8 +97,10 @@ def print_result(con: Console, result: dict[str, Any]) -> None:
     t.add_column("", justify="center")
     t.add_column("measured", overflow="fold")
     for ch in result["checks"]:
-        mark = ("[dim]skip[/]" if ch["passed"] is None else "[green]pass[/]" if ch["passed"]
-                else "[yellow]warn[/]" if ch["severity"] == "warn" else "[red]FAIL[/]")
+        v = ch.get("verdict") or ("skip" if ch["passed"] is None else "pass" if ch["passed"] else "fail")
+        mark = ("[dim]skip[/]" if v == "skip" else "[green]pass[/]" if v == "pass"
+                else "[yellow]warn[/]" if ch["severity"] == "warn" else "[magenta]INCONCLUSIVE[/]" if v == "inconclusive"
+                else "[red]FAIL[/]")
         t.add_row(ch["name"], mark, ch["shown"])
     con.print(t)
     nums = Table(box=None, show_header=False, padding=(0, 2))
@@ -110,10 +112,8 @@ def print_result(con: Console, result: dict[str, Any]) -> None:
     con.print(nums)
     for n in result.get("notes", []):
         con.print(f"[yellow]note:[/] {n}")
-    colour = "green" if result["verdict"] == "pass" else "red"
+    colour = {"pass": "green", "inconclusive": "magenta"}.get(result["verdict"], "red")
     con.print(f"[bold {colour}]{result['scenario']}: {result['verdict'].upper()}[/] in {result['seconds']:.1f} s → {result['dir']}")
-
-
 
 
 def print_collect(con: Console, summary: dict[str, Any]) -> None:
@@ -170,7 +170,7 @@ def print_collect(con: Console, summary: dict[str, Any]) -> None:
 
 def print_report(con: Console, info: dict[str, Any], rd: Any) -> None:
     for v in info["verdicts"]:
-        colour = "green" if v["verdict"] == "pass" else "red"
+        colour = {"pass": "green", "inconclusive": "magenta"}.get(v["verdict"], "red")
         con.print(f"  {v['name']:<28} [{colour}]{v['verdict'].upper()}[/]  ({v['checks']} checks, {v['failed']} failed"
                   + (f", {v['skipped']} skipped" if v["skipped"] else "") + ")")
     if not info["verdicts"]:
@@ -178,10 +178,6 @@ def print_report(con: Console, info: dict[str, Any], rd: Any) -> None:
     if info["complete"] is False:
         con.print("[bold red]the collect of this run was PARTIAL[/]: see the report's first section")
     con.print(f"report: {info['html']}\n        {info['md']}  ({len(info['plots'])} plots in {rd}/plots/)")
-
-
-
-
 
 
 def print_compare(con: Console, a: Any, b: Any, res: dict[str, Any]) -> None:
@@ -194,9 +190,14 @@ def print_compare(con: Console, a: Any, b: Any, res: dict[str, Any]) -> None:
         t.add_column("A", justify="right")
         t.add_column("B", justify="right")
         t.add_column("B/A", justify="right")
+        t.add_column("B − A of the median [95 % CI]", justify="right")
+        t.add_column("significant")
         for h in s["headline"]:
+            d = ("–" if h.get("diff") is None else
+                 f"{h['diff']:+.3g} [{h['diff_low']:+.3g}, {h['diff_high']:+.3g}]")
+            sig = "–" if h.get("significant") is None else ("[bold]yes[/]" if h["significant"] else "no")
             t.add_row(esc(str(h["name"])), esc(_fmt(h["a"], 2)), esc(_fmt(h["b"], 2)),
-                      "–" if h["b_over_a"] is None else f"{h['b_over_a']:.2f}×")
+                      "–" if h["b_over_a"] is None else f"{h['b_over_a']:.2f}×", esc(d), sig)
         con.print(t)
         ct = Table(show_header=True, box=None, padding=(0, 2))
         ct.add_column("check", overflow="fold")
@@ -204,7 +205,7 @@ def print_compare(con: Console, a: Any, b: Any, res: dict[str, Any]) -> None:
         ct.add_column("B")
 
         marks = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "warn": "[yellow]warn[/]", "skip": "[dim]skip[/]",
-                 "absent": "–"}
+                 "absent": "–", "inconclusive": "[magenta]INCONCLUSIVE[/]"}
         for ch in s["checks"]:
             ct.add_row(esc(ch["name"]), marks[ch["a"]], marks[ch["b"]])
         con.print(ct)

@@ -1,6 +1,7 @@
 """Run a scenario against the running cluster: load, run, check, write; the result returned.
 
-Exit codes: 0 every check passed, 1 a check failed, 2 the scenario could not run (with the reason).
+Exit codes: 0 every check passed, 1 a check failed, 2 the scenario could not run (with the reason),
+3 inconclusive (a timing check's interval straddles its threshold; the result says what to change).
 Results go to ``logs/<run-id>/scenarios/<scenario>-<n>/``: result.json (results, checks, headline),
 requests.jsonl (per-request records), evidence.json (per-request log evidence), samples.jsonl.
 """
@@ -15,10 +16,21 @@ from typing import TYPE_CHECKING, Any
 from ..errors import Interrupted, UserError
 from ..runstate import load_state, now, save_state
 from . import spec as spec_mod
-from .expr import evaluate
+from .verdicts import judge_checks, overall
 
 if TYPE_CHECKING:
     from ..session import Session
+
+#: the exit code of each verdict (2 is "could not run", raised as a UserError)
+VERDICT_EXIT = {"pass": 0, "fail": 1, "inconclusive": 3}
+
+
+def worst_exit(codes: list[int]) -> int:
+    """Several scenario runs' exit codes as one: a failure (1) beats inconclusive (3) beats pass (0)."""
+    for code in (1, 2, 3):
+        if code in codes:
+            return code
+    return max(codes, default=0)
 
 
 def list_scenarios() -> list[dict[str, Any]]:
@@ -77,6 +89,7 @@ def run_scenario(c: Session, spec: spec_mod.ScenarioSpec, params: Any) -> dict[s
         close_all(nodes)
         raise ScenarioCannotRun(f"not healthy: {', '.join(sick)}", hint="`orchestrate status` and `orchestrate logs NAME` show why")
     out = _next_dir(state.run_dir() / "scenarios", spec.name)
+    random_weights = inv.tiny_model is not None or _made_by_tinymodel(nodes, plan, inv.model)
     wb = Workbench(inv, plan, nodes, out, extra_body=spec.extra_body)
     started = now()
     t0 = time.monotonic()
@@ -101,23 +114,16 @@ def run_scenario(c: Session, spec: spec_mod.ScenarioSpec, params: Any) -> dict[s
     took = time.monotonic() - t0
 
     env = {"topology": plan.topology, "engine": plan.engine,
-           "random_weights": inv.tiny_model is not None,  # a locally made model: its text means nothing
+           "random_weights": random_weights,  # a locally made model: its text means nothing
            **outcome.results, "params": params.model_dump()}
-    checks = []
-    for ch in spec.checks:
-        if ch.when is not None and not evaluate(ch.when, env).passed:
-            checks.append({"name": ch.name, "expr": ch.expr, "passed": None, "shown": f"skipped (only when {ch.when})",
-                           "severity": ch.severity})
-            continue
-        o = evaluate(ch.expr, env)
-        checks.append({"name": ch.name, "expr": ch.expr, "passed": o.passed, "shown": o.shown, "severity": ch.severity})
+    trials = outcome.results.get("trials") if isinstance(outcome.results.get("trials"), list) else None
+    checks, verdict = judge_checks(spec.checks, env, trials, outcome.results.get("calibration"))
     # The engines themselves: one that died (or whose server outlived its group leader) during the
     # scenario makes the verdict a failure naming it, whatever the numbers say.
     checks.append({"name": "every process stayed up", "expr": "(processes observed after the scenario)",
                    "passed": not died, "severity": "fail",
                    "shown": "; ".join(f"{n}: {why}" for n, why in died.items()) if died else "all running"})
-    failed = [ch for ch in checks if ch["passed"] is False and ch["severity"] == "fail"]
-    verdict = "pass" if not failed else "fail"
+    verdict = overall(checks)
 
     result = {"scenario": spec.name, "kind": spec.kind, "description": spec.description, "seed_doc": spec.seed,
               "cluster": plan.cluster, "run_id": state.run_id, "started_at": started, "seconds": round(took, 3),
@@ -137,6 +143,23 @@ def run_scenario(c: Session, spec: spec_mod.ScenarioSpec, params: Any) -> dict[s
     return result
 
 
+def _made_by_tinymodel(nodes: dict[str, Any], plan: Any, model: str) -> bool:
+    """The model is a directory kvorch.tinymodel made (its marker file is there): random weights,
+    given by path without ``tiny_model:``."""
+    from ..tinymodel import MARKER
+
+    if not model.startswith(("/", "~")):
+        return False
+    for e in plan.engines():
+        node = nodes.get(e.host)
+        if node is not None:
+            try:
+                return node.ops.file_size(node.path(f"{model.rstrip('/')}/{MARKER}")) is not None
+            except Exception:  # noqa: BLE001 - unknown is "not random": the outputs check then runs
+                return False
+    return False
+
+
 def _not_running(plan: Any, nodes: dict[str, Any]) -> dict[str, str]:
     """Processes of the cluster that are not running as started: name → state and why."""
     from ..hosts.parallel import run_parallel
@@ -152,8 +175,3 @@ def _not_running(plan: Any, nodes: dict[str, Any]) -> dict[str, str]:
             if o.state != "running":
                 out[name] = o.state + (f" ({o.detail})" if o.detail else "")
     return out
-
-
-
-    def __exit__(self, *a: Any) -> None:
-        return None

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from ..errors import UserError
 from ..yamlfile import Problem, YamlDoc, pydantic_problems, read_user_file
@@ -21,11 +21,28 @@ class ScenarioError(UserError):
 
 
 class CheckSpec(BaseModel):
+    """An exact check (``expr``: must hold in every trial) or a timing check (``speedup`` +
+    ``at_least``: judged on the trials' median and its 95 % bootstrap interval — pass, fail or
+    inconclusive)."""
+
     model_config = ConfigDict(extra="forbid")
     name: str
-    expr: str = Field(description="expression over the results, e.g. follow_up.log.hit_tokens >= 256")
+    expr: str | None = Field(None, description="expression over the results, e.g. follow_up.log.hit_tokens >= 256")
+    speedup: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                description="a per-trial timing ratio, e.g. ttft_speedup_vs_control")
+    at_least: float | None = Field(None, gt=0, description="the threshold the speedup's interval must clear")
     severity: str = Field("fail", pattern="^(fail|warn)$", description="warn: reported, never fails the run")
     when: str | None = Field(None, description="only check when this expression holds, e.g. topology != 'mp'")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "CheckSpec":
+        if (self.expr is None) == (self.speedup is None):
+            raise ValueError("give either expr: (an exact check) or speedup: with at_least: (a timing check)")
+        if self.speedup is not None and self.at_least is None:
+            raise ValueError(f"timing check on {self.speedup!r} needs at_least: (its threshold, e.g. 1.2)")
+        if self.expr is not None and self.at_least is not None:
+            raise ValueError("at_least: belongs to a timing check (speedup:), not to expr:")
+        return self
 
 
 class ScenarioSpec(BaseModel):

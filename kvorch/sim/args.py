@@ -12,6 +12,17 @@ import os
 import sys
 from typing import Mapping, Sequence
 
+def _bool(raw: object) -> bool:
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+_bool.__name__ = "bool"
+
 # name -> (type, default, help). Env: KVORCH_SIM_<NAME upper, '-' -> '_'>.
 SIM_FLAGS: dict[str, tuple[type, object, str]] = {
     "prefill-ms-per-token": (float, 0.1, "ms of prefill per computed (uncached) prompt token"),
@@ -31,6 +42,9 @@ SIM_FLAGS: dict[str, tuple[type, object, str]] = {
     "fault-setsid-grandchild": (int, 0, "1: a child double-forks a grandchild that calls setsid (leaves the group)"),
     "fault-ignore-sigterm": (int, 0, "1: ignore SIGTERM, children too (like vLLM while it is still loading)"),
     "fault-exit-after-s": (float, 0.0, "exit with status 3 this many seconds after serving (a crash mid-run)"),
+    "jitter-ms": (float, 0.0, "noise: each request's prefill takes a random extra 0..N ms (uniform)"),
+    "corrupt-reused-kv": (_bool, False, "fault: a request that reuses cached KV (prefix cache or LMCache) "
+                                        "answers differently from the same prompt computed cold"),
 }
 
 VLLM_ARGS_HELP = (

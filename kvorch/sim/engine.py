@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import sys
 import time
@@ -36,7 +37,7 @@ from typing import Any, AsyncIterator
 from .. import lmcache_config as lc
 from . import http, logfmt
 from .args import parse_args
-from .hashing import chain_hashes, describe_seed, hash_seed
+from .hashing import chain_hashes, describe_seed, hash_seed, salted_domain
 from .kv import ModelShape, PrefixCache, model_max_len, resolve_model_shape
 from .latency import LatencyModel
 from .lmcache_sim import LMCacheSim, LookupResult
@@ -74,6 +75,8 @@ class Sampling:
     ignore_eos: bool
     seed: int | None
     stop: list[str] = field(default_factory=list)
+    cache_salt: str = ""
+    return_token_ids: bool = False
 
 
 @dataclass
@@ -111,6 +114,7 @@ class Engine:
         self.tok = Tokenizer()
         self.gen = Generator(self.tok)
         self.seed = hash_seed(self.env)
+        self._jitter = random.Random()
         bpt = self.shape.bytes_per_token
         if args.num_gpu_blocks_override:
             blocks = args.num_gpu_blocks_override
@@ -382,8 +386,13 @@ class Engine:
         stop = body.get("stop") or []
         if isinstance(stop, str):
             stop = [stop]
+        salt = body.get("cache_salt")
+        if salt is not None and (not isinstance(salt, str) or not salt or len(salt) > 128
+                                 or any(ch in "@/\\\x00" for ch in salt)):
+            raise bad_request("Parameter 'cache_salt' must be a non-empty string of at most 128 characters "
+                              "and must not contain '@', '/', '\\', or NUL.", "cache_salt")
         return Sampling(max_tokens, temperature, bool(body.get("ignore_eos", False)),
-                        body.get("seed"), list(stop))
+                        body.get("seed"), list(stop), salt or "", bool(body.get("return_token_ids")))
 
     def _base_id(self, request, body) -> str:
         rid = request.headers.get("X-Request-Id")
@@ -450,7 +459,7 @@ class Engine:
             t_sched = time.perf_counter()
             factor = lat.factor(self.running, self.args.max_num_seqs)
             block_keys = [k for _, _, k in chain_hashes(tokens, self.prefix.block_size, self.seed,
-                                                        b"vllm")]
+                                                        salted_domain(b"vllm", sp.cache_salt))]
             computed = self.prefix.lookup(block_keys, n)
             blocks_held = -(-n // self.prefix.block_size)
             self.prefix.allocate(blocks_held)
@@ -458,7 +467,7 @@ class Engine:
             res: LookupResult | None = None
             lmc = self.lmc
             if lmc is not None:
-                res = await lmc.lookup(tokens, segments)
+                res = await lmc.lookup(tokens, segments, sp.cache_salt)
                 hit = res.hit_tokens
                 need = hit - computed
                 if hit == n:
@@ -494,11 +503,16 @@ class Engine:
                 if lmc.blending:
                     modeled += lat.prefill_s(int(rr.retrieved * lmc.blend_ratio))
             modeled += lat.prefill_s(max(compute, 1))
+            if self.args.sim_jitter_ms > 0:
+                modeled += self._jitter.uniform(0.0, self.args.sim_jitter_ms) / 1000.0
             modeled *= factor
             # The sim's own work since the request was scheduled (tokenizing, hashing, lookups) is
             # part of the modeled time, not added to it: TTFT matches the configured latency.
             # What the decode needs is prepared before the wait, so the first token leaves on time.
             rng = self.gen.rng_for(tokens, sp.temperature, sp.seed)
+            if self.args.sim_corrupt_reused_kv and computed + ext > 0:
+                # the planted fault: KV that came from a cache is wrong, so the answer drifts
+                rng = random.Random(rng.getrandbits(64) ^ 0x5EED)
             natural = self.gen.natural_length(rng)
             limit = sp.max_tokens if sp.ignore_eos else min(sp.max_tokens, natural)
             elapsed = time.perf_counter() - t_sched + pre_work
@@ -609,10 +623,12 @@ class Engine:
         gens = [self.generate(self._engine_id(f"{base}-{i}"), t, sp, segs, f"{base}-{i}", request.received)
                 for i, ((t, segs), sp) in enumerate(zip(prompts, sps, strict=True))]
 
-        def chunk(i: int, text: str, fin: str | None, usage=None) -> dict:
+        def chunk(i: int, text: str, fin: str | None, usage=None, tok: int | None = None) -> dict:
+            c = {"index": i, "text": text, "logprobs": None, "finish_reason": fin, "stop_reason": None}
+            if sps[i].return_token_ids:
+                c["token_ids"] = [tok] if tok is not None else []
             return {"id": base, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": fin,
-                                 "stop_reason": None}], "usage": usage}
+                    "choices": [c], "usage": usage}
 
         if stream:
             return await self._stream(request, gens, chunk, base, created, model,
@@ -692,7 +708,7 @@ class Engine:
                         usage = self._usage({"prompt_tokens": ev.prompt_tokens,
                                              "completion_tokens": ev.completion_tokens,
                                              "cached": ev.cached_tokens})
-                    await send(chunk(i, ev.text, ev.finish, usage))
+                    await send(chunk(i, ev.text, ev.finish, usage, ev.token))
             for ev in per.values():
                 totals["prompt_tokens"] += ev.prompt_tokens
                 totals["completion_tokens"] += ev.completion_tokens
@@ -739,7 +755,7 @@ class Engine:
                                                                            "content": ""},
                                                      "logprobs": None, "finish_reason": None}]}
 
-            def chunk(i, piece, fin, usage=None):
+            def chunk(i, piece, fin, usage=None, tok=None):
                 return {"id": base, "object": "chat.completion.chunk", "created": created,
                         "model": model, "choices": [{"index": i, "delta": {"content": piece},
                                                      "logprobs": None, "finish_reason": fin,

@@ -30,6 +30,12 @@ def describe_seed(environ: Mapping[str, str] | None = None) -> str:
     return "random (unset)" if value in (None, "", "random") else value
 
 
+def salted_domain(domain: bytes, cache_salt: str = "") -> bytes:
+    """The hash domain of a request: vLLM puts ``cache_salt`` into its first block's extra keys
+    and LMCache 0.5.6 into every ObjectKey, so a salted request shares no cache with others."""
+    return domain + b"|salt:" + cache_salt.encode() if cache_salt else domain
+
+
 def chain_hashes(tokens: Sequence[int], size: int, seed: bytes, domain: bytes,
                  include_partial: bool = False) -> list[tuple[int, int, str]]:
     """[(start, end, key)] for consecutive pieces of ``size`` tokens; each key covers the whole

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import http, logfmt
-from .hashing import chain_hashes, segment_hash
+from .hashing import chain_hashes, salted_domain, segment_hash
 from .kv import DiskDir, Entry, GiB, ModelShape, Tier, wire_payload
 from .latency import LatencyModel
 
@@ -104,9 +104,10 @@ class LMCacheSim:
         self._clearing = False
 
     # ------------------------------------------------------------------ keys
-    def chunks_of(self, tokens: list[int]) -> list[Chunk]:
+    def chunks_of(self, tokens: list[int], cache_salt: str = "") -> list[Chunk]:
+        """Chunk keys; a request's ``cache_salt`` is part of every key (LMCache 0.5.6 MP: ObjectKey.cache_salt)."""
         return [Chunk(s, e, k) for s, e, k in
-                chain_hashes(tokens, self.chunk_size, self.seed, b"lmcache", self.save_unfull)]
+                chain_hashes(tokens, self.chunk_size, self.seed, salted_domain(b"lmcache", cache_salt), self.save_unfull)]
 
     def segments_of(self, segments: list[list[int]]) -> list[Chunk]:
         out, pos = [], 0
@@ -129,7 +130,8 @@ class LMCacheSim:
         return None
 
     # ------------------------------------------------------------------ lookup
-    async def lookup(self, tokens: list[int], segments: list[list[int]] | None = None) -> LookupResult:
+    async def lookup(self, tokens: list[int], segments: list[list[int]] | None = None,
+                     cache_salt: str = "") -> LookupResult:
         t0 = time.perf_counter()
         m = self.metrics
         if self.blending and segments is not None:
@@ -143,7 +145,7 @@ class LMCacheSim:
             hit = sum(c.tokens for c in found)
             res = LookupResult(hit, found, all_chunks)
         else:
-            all_chunks = self.chunks_of(tokens)
+            all_chunks = self.chunks_of(tokens, cache_salt)
             found = []
             for ch in all_chunks:
                 src = self._has(ch.key)

@@ -485,3 +485,27 @@ def test_records_round_trip(tmp_path) -> None:
     ]
     save_records(recs, tmp_path / "r" / "requests.jsonl")
     assert load_records(tmp_path / "r" / "requests.jsonl") == recs
+
+
+def test_a_token_that_decodes_to_no_text_still_starts_ttft_and_is_kept_with_its_logprobs() -> None:
+    chunks = [
+        {"id": "cmpl-x", "choices": [{"index": 0, "text": "", "token_ids": [7792],
+                                      "logprobs": {"top_logprobs": [{"token_id:7792": -0.1, "token_id:5": -2.5}]}}]},
+        {"id": "cmpl-x", "choices": [{"index": 0, "text": " hi", "token_ids": [12], "finish_reason": "length",
+                                      "logprobs": {"top_logprobs": [{"token_id:12": -0.01}]}}]},
+        {"id": "cmpl-x", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    ]
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": "text/event-stream"}, content=body.encode())
+
+    async def main() -> RequestRecord:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
+            return await send(c, "e", "http://127.0.0.1:1/v1", "m", prompt="p", max_tokens=2, timeout=5,
+                              extra_body={"return_token_ids": True, "logprobs": 2})
+
+    r = run(main())
+    assert r.status == "ok" and r.ttft_s is not None and r.num_chunks == 2
+    assert r.output_token_ids == [7792, 12] and r.output_text == " hi"
+    assert r.output_top_logprobs == [{"7792": -0.1, "5": -2.5}, {"12": -0.01}]

@@ -5,7 +5,6 @@ the SSH launch scripts, key by key."""
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from pathlib import Path
 
