@@ -252,6 +252,24 @@ class StopResult:
         return self.stopped and not self.forced and self.exit_code in (None, 0, 143)
 
 
+def _stop_result(stdout: str, pgid: int | None) -> StopResult:
+    """What a stop script reported (``key=value`` lines: result, elapsed_us, remaining, exit, targets)."""
+    kv = dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
+    result = kv.get("result", "stuck")
+    exit_s = kv.get("exit", "").strip()
+    targets = [int(x) for x in kv.get("targets", "").split() if x.isdigit()]
+    return StopResult(
+        pgid=pgid if pgid is not None else (targets[0] if targets else 0),
+        was_running=result != "none",
+        signal={"none": None, "term": "TERM"}.get(result, "KILL"),
+        forced=result in ("kill", "stuck"),
+        elapsed_s=int(kv.get("elapsed_us", "0") or 0) / 1e6,
+        remaining=[int(x) for x in kv.get("remaining", "").split() if x.isdigit()],
+        exit_code=int(exit_s) if re.fullmatch(r"-?\d+", exit_s) else None,
+        pids=targets,
+    )
+
+
 class GpuInfo(BaseModel):
     index: int
     name: str
@@ -642,18 +660,7 @@ while :; do
 done
 """
         res = self.run(script, timeout=grace_s + kill_wait_s + 30, check=True, what=f"stop group {pgid}")
-        kv = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
-        result = kv.get("result", "stuck")
-        exit_s = kv.get("exit", "").strip()
-        return StopResult(
-            pgid=pgid,
-            was_running=result != "none",
-            signal={"none": None, "term": "TERM"}.get(result, "KILL"),
-            forced=result in ("kill", "stuck"),
-            elapsed_s=int(kv.get("elapsed_us", "0") or 0) / 1e6,
-            remaining=[int(x) for x in kv.get("remaining", "").split() if x.isdigit()],
-            exit_code=int(exit_s) if re.fullmatch(r"-?\d+", exit_s) else None,
-        )
+        return _stop_result(res.stdout, pgid)
 
     # ---- processes by marker (the truth: a process of ours lives while anything carrying its
     # marker, or any member of such a process's group, lives) -------------------------------------
@@ -735,20 +742,7 @@ while :; do
 done
 """
         res = self.run(script, timeout=grace_s + kill_wait_s + 30, check=True, what="stop marked processes")
-        kv = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
-        result = kv.get("result", "stuck")
-        exit_s = kv.get("exit", "").strip()
-        targets = [int(x) for x in kv.get("targets", "").split() if x.isdigit()]
-        return StopResult(
-            pgid=targets[0] if targets else 0,
-            was_running=result != "none",
-            signal={"none": None, "term": "TERM"}.get(result, "KILL"),
-            forced=result in ("kill", "stuck"),
-            elapsed_s=int(kv.get("elapsed_us", "0") or 0) / 1e6,
-            remaining=[int(x) for x in kv.get("remaining", "").split() if x.isdigit()],
-            exit_code=int(exit_s) if re.fullmatch(r"-?\d+", exit_s) else None,
-            pids=targets,
-        )
+        return _stop_result(res.stdout, None)
 
     def _refuse_own_group(self, pgid: int) -> None:
         from .local import LocalTransport
