@@ -121,7 +121,7 @@ def run_scenario(c: Session, spec: spec_mod.ScenarioSpec, params: Any) -> dict[s
     # The engines themselves: one that died (or whose server outlived its group leader) during the
     # scenario makes the verdict a failure naming it, whatever the numbers say.
     checks.append({"name": "every process stayed up", "expr": "(processes observed after the scenario)",
-                   "passed": not died, "severity": "fail",
+                   "passed": not died, "severity": "fail", "verdict": "fail" if died else "pass", "type": "exact",
                    "shown": "; ".join(f"{n}: {why}" for n, why in died.items()) if died else "all running"})
     verdict = overall(checks)
 
