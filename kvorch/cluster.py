@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from . import interrupts
 from .errors import Interrupted, PreflightFailed, StartFailed, UserError
 from .nodes import Node, close_all, open_nodes
 from .plan import Plan, ProcessSpec
@@ -214,6 +215,8 @@ def up(c: Session, plan: Plan, *, timeout: float = 600.0, preflight: bool = True
                         raise _StartFailed(plan.process(name), why, others=failures)
                     for p in todo:
                         state.processes[p.name].healthy_at = now()
+                    if interrupts.requested():  # noted, but swallowed where it was raised
+                        raise KeyboardInterrupt
             except (_StartFailed, KeyboardInterrupt) as e:
                 interrupted = isinstance(e, KeyboardInterrupt)
                 tail = ""

@@ -499,7 +499,11 @@ def _fail(e: UserError, verbose: int) -> NoReturn:
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
-    """SIGTERM / SIGHUP act as Ctrl-C: every command rolls back or stops cleanly on KeyboardInterrupt."""
+    """SIGINT / SIGTERM / SIGHUP: every command rolls back or stops cleanly on KeyboardInterrupt
+    (noted too, for the places where Python swallows it)."""
+    from .. import interrupts
+
+    interrupts.note(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -507,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     import signal
 
     verbose = sum(1 for a in (argv if argv is not None else sys.argv[1:]) if a in ("-v", "--verbose") or a.startswith("-vv"))
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     if verbose:
         import logging

@@ -38,9 +38,12 @@ class RichEvents(Events):
             self._progress.update(self._tasks[process], completed=1, description=f"{process}: healthy")
 
     def waiting_done(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-        self._progress, self._tasks = None, {}
+        progress, self._progress, self._tasks = self._progress, None, {}
+        if progress is not None:
+            try:
+                progress.stop()
+            except Exception:  # noqa: BLE001 - an interrupt inside rich's own start/stop: nothing to undo
+                pass
 
     def start_failed(self, process: str, host: str, reason: str, log_path: str, log_tail: str) -> None:
         self.waiting_done()
@@ -65,7 +68,10 @@ class RichEvents(Events):
 
     def close(self) -> None:
         """Stop whatever is on screen (an interrupted command)."""
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
+        status, self._status = self._status, None
+        if status is not None:
+            try:
+                status.stop()
+            except Exception:  # noqa: BLE001
+                pass
         self.waiting_done()

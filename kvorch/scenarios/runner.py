@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import interrupts
 from ..errors import Interrupted, UserError
 from ..runstate import load_state, now, save_state
 from . import spec as spec_mod
@@ -100,6 +101,8 @@ def run_scenario(c: Session, spec: spec_mod.ScenarioSpec, params: Any) -> dict[s
         try:
             c.events.scenario_started(spec.name, spec.kind, plan.cluster)
             outcome = KINDS[spec.kind].run(wb, spec, params)
+            if interrupts.requested():  # the interrupt came where Python swallowed it
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             raise Interrupted(f"{spec.name} interrupted: its requests were cancelled; the cluster is still up",
                               hint=f"partial files in {out}") from None
