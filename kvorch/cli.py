@@ -188,6 +188,9 @@ def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
 def preflight(c: Ctx) -> None:
     """Check every host: reachable, versions equal, PYTHONHASHSEED, ports free, GPUs, disk."""
     from . import preflight as preflight_mod
+    from .nodes import connect_early
+
+    connect_early(c.inventory(), c.ssh_config)  # the handshakes overlap building the plan
 
     _finish(c, preflight_mod.preflight_command(c, c.plan()))
 
@@ -197,6 +200,9 @@ def preflight(c: Ctx) -> None:
 @pass_ctx
 def status(c: Ctx) -> None:
     """Per process: running / dead / unhealthy, uptime, port, last log line."""
+    from .nodes import connect_early
+
+    connect_early(c.inventory(), c.ssh_config)  # the handshakes overlap building the plan
     from . import cluster
 
     _finish(c, cluster.status_command(c, c.plan()))

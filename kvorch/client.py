@@ -30,13 +30,19 @@ import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from .h1 import H1Error, H1Pool
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx is imported where a request is made, not with this module: its import costs ~0.2 s (it
+# pulls in rich and pygments for its CLI), and `orchestrate status` imports this module (through
+# kvorch.evidence) without sending any request.
 
 try:  # a JSON parser in C when there is one (vLLM brings orjson): a stream is mostly parsing
     import orjson as _orjson
@@ -343,6 +349,8 @@ async def _stream_httpx(
     read_timeout: float,
 ) -> tuple[Status, str | None]:
     """Through httpx (TLS, proxies, custom transports): chunks are timed when httpx yields them."""
+    import httpx
+
     timeout = httpx.Timeout(read_timeout, connect=min(read_timeout, 10.0))
     async with client.stream("POST", url, json=body, headers=headers, timeout=timeout,
                              extensions={"trace": p.trace}) as resp:
@@ -375,6 +383,8 @@ def _lean_pool(client: httpx.AsyncClient, url: str) -> H1Pool | None:
     (https, proxies or mounted/custom transports, or ``KVORCH_CLIENT=httpx``)."""
     if _FORCE_HTTPX or not url.startswith("http://"):
         return None
+    import httpx
+
     if type(getattr(client, "_transport", None)) is not httpx.AsyncHTTPTransport or getattr(client, "_mounts", None):
         return None
     loop = asyncio.get_running_loop()
@@ -449,6 +459,8 @@ async def send(
     hdrs = {"X-Request-Id": rid, "Accept": "text/event-stream"}
     if headers:
         hdrs.update(headers)
+
+    import httpx
 
     p = _Progress()
     status: Status
@@ -545,6 +557,8 @@ async def run_load(
 
     own_client = client is None
     if client is None:
+        import httpx
+
         limits = httpx.Limits(
             max_connections=concurrency + 4, max_keepalive_connections=concurrency
         )
