@@ -169,6 +169,10 @@ def _print_plan(c: Ctx, plan: Plan) -> None:
 @pass_ctx
 def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
     """Preflight, upload, start the controller, then the engines; wait until all are healthy."""
+    if not dry_run:
+        from .nodes import connect_early
+
+        connect_early(c.inventory(), c.ssh_config)  # the handshakes overlap building the plan
     plan = c.plan()
     if dry_run:
         if c.as_json:
