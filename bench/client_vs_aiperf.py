@@ -58,15 +58,37 @@ from kvorch.scenarios.prompts import text_of_words
 reqs = [oa.LoadRequest(engine="sim", base_url=cfg["base"], model=cfg["model"],
                        prompt=f"{i} " + text_of_words(cfg["words"], i), max_tokens=cfg["out"],
                        extra_body={"ignore_eos": True}) for i in range(cfg["n"])]
+lags = []  # the client's own event-loop lag: how late a 1 ms timer fires (what the client can add)
+
+async def main():
+    done = asyncio.Event()
+
+    async def monitor():
+        while not done.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append(time.perf_counter() - t - 0.001)
+
+    m = asyncio.create_task(monitor())
+    try:
+        return await oa.run_load(reqs, concurrency=cfg["c"], max_duration_s=cfg["max_s"], timeout=cfg["max_s"])
+    finally:
+        done.set()
+        await m
+
 t0 = time.perf_counter()
-recs = asyncio.run(oa.run_load(reqs, concurrency=cfg["c"], max_duration_s=cfg["max_s"], timeout=cfg["max_s"]))
+recs = asyncio.run(main())
 wall = time.perf_counter() - t0
+lags.sort()
 s = oa.summarize(recs)
 t = os.times()
 print(json.dumps({"requests": len(recs), "ok": s["ok"], "req_per_s": s.get("requests_per_s"),
                   "ttft_p50_ms": 1000 * s["ttft_s"]["p50"] if s["ttft_s"]["p50"] is not None else None,
                   "itl_p50_ms": 1000 * s["itl_s"]["p50"] if s["itl_s"]["p50"] is not None else None,
+                  "itl_mean_ms": 1000 * s["itl_s"]["mean"] if s["itl_s"]["mean"] is not None else None,
                   "prompt_tokens": s.get("prompt_tokens", 0) / max(1, s["ok"]), "wall_s": wall,
+                  "loop_lag_p50_ms": 1000 * lags[len(lags) // 2] if lags else None,
+                  "loop_lag_p90_ms": 1000 * lags[int(0.9 * (len(lags) - 1))] if lags else None,
                   "errors": sorted({r.error for r in recs if not r.ok})[:3]}))
 """
 
@@ -158,6 +180,7 @@ def run_aiperf(exe: str, base: str, c: int, n: int, prompt_tokens: int, out: int
 
     return {"requests": g("request_count", "avg"), "req_per_s": g("request_throughput", "avg"),
             "ttft_p50_ms": g("time_to_first_token", "p50"), "itl_p50_ms": g("inter_token_latency", "p50"),
+            "itl_mean_ms": g("inter_token_latency", "avg"),
             "wall_s": wall}
 
 
@@ -183,8 +206,10 @@ def phase(tool: str, fn, metrics_url: str) -> dict[str, Any]:
     res.update(server_phase(before, after))
     if res.get("ttft_p50_ms") is not None and res.get("server_ttft_mean_ms") is not None:
         res["overhead_ms"] = res["ttft_p50_ms"] - res["server_ttft_mean_ms"]
-    if res.get("itl_p50_ms") is not None and res.get("server_itl_mean_ms") is not None:
-        res["itl_overhead_ms"] = res["itl_p50_ms"] - res["server_itl_mean_ms"]
+    # ITL: mean against mean (a server catching up emits several tokens back to back: gaps of ~0 that
+    # make a median meaningless, on both sides)
+    if res.get("itl_mean_ms") is not None and res.get("server_itl_mean_ms") is not None:
+        res["itl_overhead_ms"] = res["itl_mean_ms"] - res["server_itl_mean_ms"]
     n = res.get("server_requests") or 0
     res["cpu_ms_per_request"] = 1000 * res["cpu_s"] / n if n else None
     res["tool"] = tool
@@ -249,8 +274,19 @@ def main() -> int:
             plan: list[tuple[int, int, int]] = [(c, n, a.output_tokens) for c, n in zip(a.concurrency, counts)]
             if not a.no_long:
                 plan.append((64, a.long_requests, a.long_output_tokens))
-            # warm-up: both tools once, small (imports, first connections)
-            run_client(base + "/v1", 4, 20, words, 4, 30)
+            # warm-up, both tools once, small (imports, first connections), and calibration: each tool
+            # sized so that the server counts --prompt-tokens per prompt (tokenizers differ: the sim
+            # counts AIPerf's 230 tokens of its tokenizer as ~113)
+            w = phase("client", lambda: run_client(base + "/v1", 4, 20, words, 4, 30), murl)
+            per_word = (w.get("server_prompt_tokens") or words) / (words + 1)
+            words = max(1, round(a.prompt_tokens / per_word) - 1)
+            aiperf_tokens = a.prompt_tokens
+            if exe:
+                w = phase("aiperf", lambda: run_aiperf(exe, base, 4, 20, a.prompt_tokens, 4, tok, tmp / "aiperf", 60), murl)
+                ratio = (w.get("server_prompt_tokens") or a.prompt_tokens) / a.prompt_tokens
+                aiperf_tokens = max(1, round(a.prompt_tokens / ratio))
+            print(f"calibrated: client prompts of {words} words, AIPerf --prompt-input-tokens-mean {aiperf_tokens} "
+                  f"(the server counts ~{a.prompt_tokens} tokens for each)")
             for rnd in range(a.rounds):
                 for c, n, out in plan:
                     tools = [t for t in a.tools if exe or t != "aiperf"]
@@ -261,7 +297,7 @@ def main() -> int:
                             impl = "httpx" if tool == "client-httpx" else ""
                             fn = lambda: run_client(base + "/v1", c, n, words, out, a.max_seconds, impl)  # noqa: E731
                         else:
-                            fn = lambda: run_aiperf(exe, base, c, n, a.prompt_tokens, out, tok,  # noqa: E731
+                            fn = lambda: run_aiperf(exe, base, c, n, aiperf_tokens, out, tok,  # noqa: E731
                                                     tmp / "aiperf", a.max_seconds)
                         r = phase(tool, fn, murl)
                         r.update(round=rnd, concurrency=c, requests_asked=n, output_tokens=out)
@@ -270,7 +306,9 @@ def main() -> int:
                               f"TTFT p50 {r.get('ttft_p50_ms') or 0:7.2f} ms  server mean {r.get('server_ttft_mean_ms') or 0:7.2f} ms  "
                               f"overhead {r.get('overhead_ms', float('nan')):+6.2f} ms  ITL p50 {r.get('itl_p50_ms') or 0:6.2f} "
                               f"(server {r.get('server_itl_mean_ms') or 0:5.2f})  CPU/req {r.get('cpu_ms_per_request') or 0:5.2f} ms  "
-                              f"prompt {r.get('server_prompt_tokens') or 0:.0f} tok", flush=True)
+                              f"prompt {r.get('server_prompt_tokens') or 0:.0f} tok"
+                              + (f"  client loop lag p50 {r['loop_lag_p50_ms']:.2f} p90 {r['loop_lag_p90_ms']:.2f} ms"
+                                 if r.get("loop_lag_p50_ms") is not None else ""), flush=True)
         finally:
             sim.terminate()
             try:
@@ -278,6 +316,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 sim.kill()
     machine["load_avg_end"] = os.getloadavg()[0]
+    machine["calibration"] = {"client_words": words, "aiperf_prompt_input_tokens_mean": aiperf_tokens}
 
     print(f"\nmedian of {a.rounds} round(s) (min–max); overhead = TTFT p50 − server's mean TTFT in the same phase")
     print(f"{'c':>4} {'out':>4} | {'client req/s':>22} {'aiperf req/s':>22} {'ratio':>6} | "
@@ -294,6 +333,7 @@ def main() -> int:
                 "req_per_s_ratio": ratio, "client_overhead_ms": oc, "aiperf_overhead_ms": oa_,
                 "client_itl_overhead_ms": med(cl, "itl_overhead_ms"), "aiperf_itl_overhead_ms": med(ai, "itl_overhead_ms"),
                 "client_cpu_ms_per_request": med(cl, "cpu_ms_per_request"),
+                "client_loop_lag_p50_ms": med(cl, "loop_lag_p50_ms"), "client_loop_lag_p90_ms": med(cl, "loop_lag_p90_ms"),
                 "aiperf_cpu_ms_per_request": med(ai, "cpu_ms_per_request")}
         summary.append(line)
         print(f"{c:>4} {out:>4} | {fmt(rc):>22} {fmt(ra):>22} {(f'{ratio:.2f}' if ratio else '-'):>6} | "
