@@ -82,3 +82,41 @@ def test_connections_nobody_took_over_are_closed_with_the_nodes(sshd_cluster, tm
     assert t97._conn is not None
     kn.close_all(nodes)
     assert kn._EARLY == {} and t97._conn is None
+
+
+def _free_ports_loopback(sshd_cluster, tmp_path):
+    """inventories/loopback.yaml on this session's sshd, every service port free-picked."""
+    import sys
+
+    from clusterkit import Orch, free_ports
+
+    def m(d):
+        for host in d["hosts"].values():
+            host["python"] = sys.executable
+            host["ssh"]["port"] = sshd_cluster.port
+            host["workdir"] = str(tmp_path / "hosts" / host["address"])
+        ports = iter(free_ports(16))
+        d["controller"]["port"] = next(ports)
+        d["controller"]["monitor_ports"] = {k: next(ports) for k in d["controller"]["monitor_ports"]}
+        for e in d["engines"]:
+            for k in ("port", "p2p_init_port", "p2p_lookup_port", "worker_port"):
+                e[k] = next(ports)
+    inv = write_inventory(tmp_path / "inv.yaml", "inventories/loopback.yaml", m)
+    return Orch(tmp_path, inv, sshd_cluster.ssh_config)
+
+
+def test_preflight_on_a_cluster_that_is_up_passes_its_own_ports_on_every_host(sshd_cluster, tmp_path):
+    import json
+
+    orch = _free_ports_loopback(sshd_cluster, tmp_path)
+    try:
+        up = orch("up", "--skip-preflight")
+        assert up.code == 0, up.err + up.out
+        pre = orch("--json", "preflight")
+        checks = json.loads(pre.out)["checks"]
+        failed = [ch for ch in checks if ch["status"] == "fail"]
+        assert pre.code == 0 and not failed, failed
+        st = orch("--json", "status")
+        assert st.code == 0 and {r["state"] for r in st.json()["processes"]} == {"running"}
+    finally:
+        orch("down", "--no-collect", "--grace", "2")
