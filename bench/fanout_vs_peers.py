@@ -106,7 +106,8 @@ def inventory(cluster: SshdCluster, aliases: list[str], tmp: Path, name: str) ->
                         "port": port, "instance_id": f"lmcache_instance_{i + 1}", "config_file": f"e{i}.yaml",
                         "p2p_init_port": init, "p2p_lookup_port": lookup, "worker_port": worker})
     return {"cluster": name, "topology": "p2p", "engine": "sim", "model": "bench-model", "bind": "0.0.0.0",
-            "env": {"PYTHONHASHSEED": 123}, "hosts": hosts,
+            # the hosts' processes run this checkout's kvorch (the venv may hold another one)
+            "env": {"PYTHONHASHSEED": 123, "PYTHONPATH": str(ROOT)}, "hosts": hosts,
             "controller": {"host": aliases[0], "bind": first, "port": cport,
                            "monitor_ports": {"pull": pull, "reply": reply, "heartbeat": hb}},
             "vllm": {"max_model_len": 1600},

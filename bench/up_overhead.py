@@ -151,6 +151,7 @@ def main() -> None:
                    stdout=subprocess.DEVNULL)
     tmp = Path(tempfile.mkdtemp(prefix="bench-inv-"))
     local = free_ports_everywhere(yaml.safe_load((ROOT / "inventories/local.yaml").read_text()))
+    local.setdefault("env", {})["PYTHONPATH"] = str(ROOT)  # this checkout's kvorch on the hosts too
     local["hosts"]["local"]["workdir"] = str(tmp / "local")
     (tmp / "local.yaml").write_text(yaml.safe_dump(local))
     print("orchestrate up overhead, simulated engine (median of 3 rounds)")
@@ -162,6 +163,7 @@ def main() -> None:
         return
     with SshdCluster(tmp / "sshd") as cluster:
         lb = free_ports_everywhere(yaml.safe_load((ROOT / "inventories/loopback.yaml").read_text()))
+        lb.setdefault("env", {})["PYTHONPATH"] = str(ROOT)
         for h in lb["hosts"].values():
             h["ssh"]["port"] = cluster.port
             h["workdir"] = str(tmp / h["address"])
