@@ -87,6 +87,8 @@ def connect_early(inv: Inventory, ssh_config: str | None) -> None:
     key exchange, authentication, the login shell) overlap the rest of the start-up. :func:`open_nodes` takes the
     connection (or its error) over. paramiko is imported here, in the calling thread, so that
     no two threads import the same modules at once."""
+    if not any(h.connector == "ssh" for h in inv.hosts.values()):
+        return  # nothing to connect, and no paramiko to import
     from concurrent.futures import Future
     import threading
 

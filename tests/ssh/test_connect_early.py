@@ -120,3 +120,16 @@ def test_preflight_on_a_cluster_that_is_up_passes_its_own_ports_on_every_host(ss
         assert st.code == 0 and {r["state"] for r in st.json()["processes"]} == {"running"}
     finally:
         orch("down", "--no-collect", "--grace", "2")
+
+
+def test_an_inventory_of_local_hosts_connects_nothing_and_imports_no_paramiko(tmp_path):
+    import subprocess
+    import sys
+
+    from clusterkit import ROOT
+
+    code = ("import sys; from kvorch.inventory import load_inventory; from kvorch import nodes; "
+            f"nodes.connect_early(load_inventory({str(ROOT / 'inventories/local.yaml')!r}), None); "
+            "print(len(nodes._EARLY), 'paramiko' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "False"]
