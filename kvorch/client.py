@@ -115,6 +115,13 @@ class RequestRecord(BaseModel):
         None, description="request on the wire → end of stream (or → failure)"
     )
     output_text: str = ""
+    output_token_ids: list[int] | None = Field(
+        None, description="generated token ids, when the server returned them (vLLM: body return_token_ids)"
+    )
+    output_top_logprobs: list[dict[str, float]] | None = Field(
+        None, description="per generated token: top token ids (as strings) → logprob, when the server returned "
+        "them (vLLM: body logprobs=k with return_tokens_as_token_ids)"
+    )
     finish_reason: str | None = None
     num_chunks: int = Field(0, description="content chunks received")
     status: Status = "ok"
@@ -227,7 +234,7 @@ class _Progress:
     """Mutable state of one streaming request, kept outside the timed-out coroutine."""
 
     __slots__ = ("t_call", "t0", "wall0", "sent", "last", "text", "itl", "ttft", "chunks", "usage", "finish", "rid",
-                 "http", "t_end", "done", "failure")
+                 "http", "token_ids", "top_logprobs", "t_end", "done", "failure")
 
     def __init__(self) -> None:
         self.t_call = time.perf_counter()
@@ -243,6 +250,8 @@ class _Progress:
         self.finish: str | None = None
         self.rid: str | None = None
         self.http: int | None = None
+        self.token_ids: list[int] | None = None
+        self.top_logprobs: list[dict[str, float]] | None = None
         self.t_end: float | None = None  # when [DONE] (or the error chunk) arrived
         self.done = False
         self.failure: str | None = None
@@ -283,11 +292,19 @@ def _on_data(p: _Progress, kind: Kind, data: bytes | str, now: float) -> bool:
     if isinstance(obj.get("usage"), dict):
         p.usage = obj["usage"]
     text = ""
+    new_ids = 0
     for choice in obj.get("choices") or []:
         text += _chunk_text(choice, kind)
+        ids = choice.get("token_ids")
+        if isinstance(ids, list):
+            p.token_ids = (p.token_ids or []) + [int(t) for t in ids]
+            new_ids += len(ids)
+        lp = choice.get("logprobs")
+        if isinstance(lp, dict) and isinstance(lp.get("top_logprobs"), list):
+            p.top_logprobs = (p.top_logprobs or []) + [_top(d) for d in lp["top_logprobs"]]
         if choice.get("finish_reason"):
             p.finish = choice["finish_reason"]
-    if text:
+    if text or new_ids:  # a token whose text is empty (a partial UTF-8 piece) is still a token
         if p.ttft is None:
             p.ttft = now - p.t0
         elif p.last is not None:
@@ -296,6 +313,17 @@ def _on_data(p: _Progress, kind: Kind, data: bytes | str, now: float) -> bool:
         p.chunks += 1
         p.text.append(text)
     return False
+
+
+def _top(d: Any) -> dict[str, float]:
+    """One position's top logprobs with token-id keys ("token_id:12" → "12")."""
+    if not isinstance(d, dict):
+        return {}
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, (int, float)):
+            out[str(k).removeprefix("token_id:")] = float(v)
+    return out
 
 
 def _http_error(status: int, raw: bytes) -> str:
@@ -508,6 +536,8 @@ async def send(
         tpot_s=tpot,
         e2e_s=e2e,
         output_text="".join(p.text),
+        output_token_ids=p.token_ids,
+        output_top_logprobs=p.top_logprobs,
         finish_reason=p.finish,
         num_chunks=p.chunks,
         status=status,

@@ -30,6 +30,8 @@ __all__ = ["H1Pool", "H1Error", "ConnectError", "Response", "EventSink"]
 EventSink = Callable[[bytes, float], bool]
 
 _MAX_HEAD = 64 * 1024
+#: how long a request waits for a connection that is finishing its last answer before it opens one
+_DRAIN_WAIT_S = 0.05
 
 
 class H1Error(Exception):
@@ -327,11 +329,22 @@ class H1Pool:
                     c.reused = True
                     return c
             opened = self._open.setdefault(key, set())
-            if self.max_connections is None or len(opened) < self.max_connections:
+            draining = any(c.draining and not c.closed for c in opened)
+            if self.max_connections is not None and len(opened) >= self.max_connections:
+                w = asyncio.get_running_loop().create_future()
+                self._waiters.setdefault(key, []).append(w)
+                await w
+                continue
+            if not draining:
                 break
+            # a connection is reading the last bytes of its answer ([DONE] was handed over before the
+            # chunked terminator): it is usually back in a moment; wait that long rather than connect
             w = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(key, []).append(w)
-            await w
+            try:
+                await asyncio.wait_for(w, _DRAIN_WAIT_S)
+            except asyncio.TimeoutError:
+                break
         loop = asyncio.get_running_loop()
         placeholder = _Conn(self, key)
         opened.add(placeholder)  # counts against the bound while connecting

@@ -116,9 +116,9 @@ async def handler(request):
                 await emit({"error": {"message": "engine died", "type": "InternalServerError", "code": 500}})
                 await resp.write(b"data: [DONE]\n\n")
                 return resp
-            await emit(chunk(" t%d" % i, "length" if i == n - 1 else None))
-            if i == 0:
+            if i == 0:  # stamped before the write: a client may read the chunk before a stamp after it
                 seen["wall"][rid][1] = time.time()
+            await emit(chunk(" t%d" % i, "length" if i == n - 1 else None))
         if (body.get("stream_options") or {}).get("include_usage"):
             await emit({"id": sid, "object": "text_completion", "created": 1, "model": body["model"],
                         "choices": [], "usage": {"prompt_tokens": 7, "total_tokens": 7 + n,
@@ -533,3 +533,27 @@ def test_the_client_module_does_not_import_httpx_until_a_request_is_made() -> No
             "print('httpx' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_token_that_decodes_to_no_text_still_starts_ttft_and_is_kept_with_its_logprobs() -> None:
+    chunks = [
+        {"id": "cmpl-x", "choices": [{"index": 0, "text": "", "token_ids": [7792],
+                                      "logprobs": {"top_logprobs": [{"token_id:7792": -0.1, "token_id:5": -2.5}]}}]},
+        {"id": "cmpl-x", "choices": [{"index": 0, "text": " hi", "token_ids": [12], "finish_reason": "length",
+                                      "logprobs": {"top_logprobs": [{"token_id:12": -0.01}]}}]},
+        {"id": "cmpl-x", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    ]
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": "text/event-stream"}, content=body.encode())
+
+    async def main() -> RequestRecord:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
+            return await send(c, "e", "http://127.0.0.1:1/v1", "m", prompt="p", max_tokens=2, timeout=5,
+                              extra_body={"return_token_ids": True, "logprobs": 2})
+
+    r = run(main())
+    assert r.status == "ok" and r.ttft_s is not None and r.num_chunks == 2
+    assert r.output_token_ids == [7792, 12] and r.output_text == " hi"
+    assert r.output_top_logprobs == [{"7792": -0.1, "5": -2.5}, {"12": -0.01}]
