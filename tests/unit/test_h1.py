@@ -275,3 +275,26 @@ def test_a_closed_pool_refuses_new_requests() -> None:
             await pool.request("127.0.0.1", 1, "/x", b"{}", {})
 
     run(main())
+
+
+def test_the_next_request_waits_for_a_connection_finishing_its_answer_rather_than_opening_one() -> None:
+    async def terminator_a_little_later(reader, writer, seen) -> bool:
+        writer.write(SSE_HEAD + chunk(b"data: a\n\n") + chunk(b"data: [DONE]\n\n"))
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def body(base: str, seen) -> list[int]:
+        host, port = base.split(":")
+        pool = H1Pool()
+        statuses = []
+        for _ in range(3):  # each right after the previous one's [DONE]
+            resp = await pool.request(host, int(port), "/x", b"{}", {}, sink=collect([]))
+            statuses.append(resp.status)
+        pool.close()
+        return statuses
+
+    seen = run(serve(terminator_a_little_later, body))
+    assert seen["result"] == [200] * 3 and seen["connections"] == 1
