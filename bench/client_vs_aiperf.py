@@ -10,7 +10,7 @@ phase it scrapes the server's ``/metrics``: the server's own mean TTFT over the 
     overhead = the tool's TTFT p50 − the server's mean TTFT over the same phase
 
 Goals (issue #18): at c=64 and c=256 the client's req/s ≥ AIPerf's; client overhead ≤ 2 ms p50 at
-every concurrency. Also: ITL under 64 long streams (client ITL p50 vs the server's mean ITL), CPU
+every concurrency. Also: ITL under 64 long streams (client mean ITL vs the server's mean ITL), CPU
 seconds per request of each tool (its processes' user+system). Both tools run as child processes.
 
     python bench/client_vs_aiperf.py [--rounds 3] [--concurrency 1 16 64 256] [--quick]
@@ -345,7 +345,7 @@ def main() -> int:
             if c >= 64 and ratio is not None and ratio < 1.0:
                 goals_met = False
         else:
-            print(f"{'':>9} ITL under {c} streams of {out} tokens: client p50 − server mean "
+            print(f"{'':>9} ITL under {c} streams of {out} tokens: client mean − server mean "
                   f"{fmt(line['client_itl_overhead_ms'], 3)} ms, aiperf {fmt(line['aiperf_itl_overhead_ms'], 3)} ms")
     print(f"\nRATIO client/aiperf req/s: " + ", ".join(
         f"c={s['concurrency']}: {s['req_per_s_ratio']:.2f}" for s in summary
