@@ -120,6 +120,29 @@ def measure(name: str, inv_path: Path, ssh_config: Path | None) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def free_ports_everywhere(inv: dict) -> dict:
+    """Every service port of the inventory replaced by a free one (on its host's address), so the
+    bench never collides with a cluster someone else runs on the default ports."""
+    import socket
+
+    def free(addr: str) -> int:
+        with socket.socket() as s:
+            s.bind((addr, 0))
+            return s.getsockname()[1]
+
+    addr = {n: h.get("address", "127.0.0.1") for n, h in inv["hosts"].items()}
+    ctl = inv.get("controller")
+    if ctl:
+        a = addr[ctl["host"]]
+        ctl["port"] = free(a)
+        ctl["monitor_ports"] = {k: free(a) for k in ctl.get("monitor_ports", {})}
+    for e in inv.get("engines", []):
+        for k in ("port", "p2p_init_port", "p2p_lookup_port", "worker_port"):
+            if k in e:
+                e[k] = free(addr[e["host"]])
+    return inv
+
+
 def main() -> None:
     # As pip installs a package: byte-compiled. (With PYTHONDONTWRITEBYTECODE set and an editable
     # install, every run would compile kvorch from source: ~50 ms that no installed copy pays.)
@@ -127,7 +150,8 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "kvorch")], check=True,
                    stdout=subprocess.DEVNULL)
     tmp = Path(tempfile.mkdtemp(prefix="bench-inv-"))
-    local = yaml.safe_load((ROOT / "inventories/local.yaml").read_text())
+    local = free_ports_everywhere(yaml.safe_load((ROOT / "inventories/local.yaml").read_text()))
+    local.setdefault("env", {})["PYTHONPATH"] = str(ROOT)  # this checkout's kvorch on the hosts too
     local["hosts"]["local"]["workdir"] = str(tmp / "local")
     (tmp / "local.yaml").write_text(yaml.safe_dump(local))
     print("orchestrate up overhead, simulated engine (median of 3 rounds)")
@@ -138,10 +162,12 @@ def main() -> None:
         print(f"loopback   skipped: {sshd_unavailable_reason()}")
         return
     with SshdCluster(tmp / "sshd") as cluster:
-        lb = yaml.safe_load((ROOT / "inventories/loopback.yaml").read_text())
+        lb = free_ports_everywhere(yaml.safe_load((ROOT / "inventories/loopback.yaml").read_text()))
+        lb.setdefault("env", {})["PYTHONPATH"] = str(ROOT)
         for h in lb["hosts"].values():
             h["ssh"]["port"] = cluster.port
             h["workdir"] = str(tmp / h["address"])
+            h["python"] = sys.executable  # the venv's interpreter, as an inventory would name it
         (tmp / "loopback.yaml").write_text(yaml.safe_dump(lb))
         measure("ssh x2", tmp / "loopback.yaml", cluster.ssh_config)
 

@@ -28,12 +28,35 @@ import os
 import random
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
+
+from .h1 import H1Error, H1Pool
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx is imported where a request is made, not with this module: its import costs ~0.2 s (it
+# pulls in rich and pygments for its CLI), and `orchestrate status` imports this module (through
+# kvorch.evidence) without sending any request.
+
+try:  # a JSON parser in C when there is one (vLLM brings orjson): a stream is mostly parsing
+    import orjson as _orjson
+
+    _loads: Callable[[bytes | str], Any] = _orjson.loads
+    _dumps: Callable[[Any], bytes] = _orjson.dumps
+except ImportError:  # pragma: no cover - depends on the environment
+    _loads = json.loads
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj).encode()
+
+#: KVORCH_CLIENT=httpx sends every request through httpx (the lean path is the default for http://)
+_FORCE_HTTPX = os.environ.get("KVORCH_CLIENT", "").lower() == "httpx"
 
 __all__ = [
     "RequestRecord",
@@ -47,6 +70,7 @@ __all__ = [
     "percentile",
     "save_records",
     "load_records",
+    "close_lean_connections",
 ]
 
 Kind = Literal["completions", "chat"]
@@ -210,7 +234,7 @@ class _Progress:
     """Mutable state of one streaming request, kept outside the timed-out coroutine."""
 
     __slots__ = ("t_call", "t0", "wall0", "sent", "last", "text", "itl", "ttft", "chunks", "usage", "finish", "rid",
-                 "http", "token_ids", "top_logprobs")
+                 "http", "token_ids", "top_logprobs", "t_end", "done", "failure")
 
     def __init__(self) -> None:
         self.t_call = time.perf_counter()
@@ -228,6 +252,9 @@ class _Progress:
         self.http: int | None = None
         self.token_ids: list[int] | None = None
         self.top_logprobs: list[dict[str, float]] | None = None
+        self.t_end: float | None = None  # when [DONE] (or the error chunk) arrived
+        self.done = False
+        self.failure: str | None = None
 
     async def trace(self, event: str, info: dict[str, Any]) -> None:
         """httpx's ``trace`` extension: the clock starts when the request's headers start going
@@ -239,73 +266,53 @@ class _Progress:
             self.sent = True
 
 
-async def _stream(
-    client: httpx.AsyncClient,
-    url: str,
-    body: dict[str, Any],
-    headers: dict[str, str],
-    kind: Kind,
-    p: _Progress,
-    read_timeout: float,
-) -> tuple[Status, str | None]:
-    timeout = httpx.Timeout(read_timeout, connect=min(read_timeout, 10.0))
-    async with client.stream("POST", url, json=body, headers=headers, timeout=timeout,
-                             extensions={"trace": p.trace}) as resp:
-        p.http = resp.status_code
-        if resp.status_code >= 400:
-            raw = await resp.aread()
-            text = raw[:_ERROR_BODY_LIMIT].decode("utf-8", "replace")
-            try:
-                msg = _error_message(json.loads(text)) or text
-            except ValueError:
-                msg = text
-            return "error", f"HTTP {resp.status_code}: {msg}".strip()
-        done = False
-        async for line in resp.aiter_lines():
-            if not line or line.startswith(":"):
-                continue
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                done = True
-                break
-            now = time.perf_counter()
-            try:
-                obj = json.loads(data)
-            except ValueError:
-                return "error", f"unparsable stream chunk: {data[:200]!r}"
-            err = _error_message(obj)
-            if err is not None:
-                return "error", f"stream error: {err}"
-            if p.rid is None and isinstance(obj.get("id"), str):
-                p.rid = obj["id"]
-            if isinstance(obj.get("usage"), dict):
-                p.usage = obj["usage"]
-            text = ""
-            new_ids = 0
-            for choice in obj.get("choices") or []:
-                text += _chunk_text(choice, kind)
-                ids = choice.get("token_ids")
-                if isinstance(ids, list):
-                    p.token_ids = (p.token_ids or []) + [int(t) for t in ids]
-                    new_ids += len(ids)
-                lp = choice.get("logprobs")
-                if isinstance(lp, dict) and isinstance(lp.get("top_logprobs"), list):
-                    p.top_logprobs = (p.top_logprobs or []) + [_top(d) for d in lp["top_logprobs"]]
-                if choice.get("finish_reason"):
-                    p.finish = choice["finish_reason"]
-            if text or new_ids:  # a token whose text is empty (a partial UTF-8 piece) is still a token
-                if p.ttft is None:
-                    p.ttft = now - p.t0
-                elif p.last is not None:
-                    p.itl.append(now - p.last)
-                p.last = now
-                p.chunks += 1
-                p.text.append(text)
-        if not done:
-            return "error", "stream ended without [DONE]"
-    return "ok", None
+def _on_data(p: _Progress, kind: Kind, data: bytes | str, now: float) -> bool:
+    """One SSE ``data:`` payload that arrived at ``now`` (perf_counter): update ``p``.
+
+    Returns True when the stream is over for the client: ``[DONE]`` (``p.done``) or an error
+    (``p.failure``)."""
+    if data == b"[DONE]" or data == "[DONE]":
+        p.done = True
+        return True
+    try:
+        obj = _loads(data)
+    except ValueError:
+        shown = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        p.failure = f"unparsable stream chunk: {shown[:200]!r}"
+        return True
+    if not isinstance(obj, dict):
+        p.failure = f"unexpected stream chunk: {str(obj)[:200]!r}"
+        return True
+    err = _error_message(obj)
+    if err is not None:
+        p.failure = f"stream error: {err}"
+        return True
+    if p.rid is None and isinstance(obj.get("id"), str):
+        p.rid = obj["id"]
+    if isinstance(obj.get("usage"), dict):
+        p.usage = obj["usage"]
+    text = ""
+    new_ids = 0
+    for choice in obj.get("choices") or []:
+        text += _chunk_text(choice, kind)
+        ids = choice.get("token_ids")
+        if isinstance(ids, list):
+            p.token_ids = (p.token_ids or []) + [int(t) for t in ids]
+            new_ids += len(ids)
+        lp = choice.get("logprobs")
+        if isinstance(lp, dict) and isinstance(lp.get("top_logprobs"), list):
+            p.top_logprobs = (p.top_logprobs or []) + [_top(d) for d in lp["top_logprobs"]]
+        if choice.get("finish_reason"):
+            p.finish = choice["finish_reason"]
+    if text or new_ids:  # a token whose text is empty (a partial UTF-8 piece) is still a token
+        if p.ttft is None:
+            p.ttft = now - p.t0
+        elif p.last is not None:
+            p.itl.append(now - p.last)
+        p.last = now
+        p.chunks += 1
+        p.text.append(text)
+    return False
 
 
 def _top(d: Any) -> dict[str, float]:
@@ -317,6 +324,124 @@ def _top(d: Any) -> dict[str, float]:
         if isinstance(v, (int, float)):
             out[str(k).removeprefix("token_id:")] = float(v)
     return out
+
+
+def _http_error(status: int, raw: bytes) -> str:
+    text = raw[:_ERROR_BODY_LIMIT].decode("utf-8", "replace")
+    try:
+        msg = _error_message(json.loads(text)) or text
+    except ValueError:
+        msg = text
+    return f"HTTP {status}: {msg}".strip()
+
+
+async def _stream_h1(
+    pool: H1Pool,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    kind: Kind,
+    p: _Progress,
+    read_timeout: float,
+) -> tuple[Status, str | None]:
+    """The lean path (:mod:`kvorch.h1`): chunks are timed where their bytes arrive."""
+    u = urlsplit(url)
+    path = u.path + (f"?{u.query}" if u.query else "")
+
+    def on_wire() -> None:
+        p.t0 = time.perf_counter()
+        p.wall0 = time.time()
+        p.sent = True
+
+    resp = await pool.request(u.hostname or "127.0.0.1", u.port or 80, path, _dumps(body), headers,
+                              sink=lambda data, now: _on_data(p, kind, data, now), on_wire=on_wire,
+                              connect_timeout=min(read_timeout, 10.0), body_limit=_ERROR_BODY_LIMIT)
+    p.http = resp.status
+    p.t_end = resp.ended_at
+    if resp.status >= 400:
+        return "error", _http_error(resp.status, bytes(resp.body))
+    if p.failure is not None:
+        return "error", p.failure
+    if not p.done:
+        return "error", "stream ended without [DONE]"
+    return "ok", None
+
+
+async def _stream_httpx(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    kind: Kind,
+    p: _Progress,
+    read_timeout: float,
+) -> tuple[Status, str | None]:
+    """Through httpx (TLS, proxies, custom transports): chunks are timed when httpx yields them."""
+    import httpx
+
+    timeout = httpx.Timeout(read_timeout, connect=min(read_timeout, 10.0))
+    async with client.stream("POST", url, json=body, headers=headers, timeout=timeout,
+                             extensions={"trace": p.trace}) as resp:
+        p.http = resp.status_code
+        if resp.status_code >= 400:
+            return "error", _http_error(resp.status_code, await resp.aread())
+        async for line in resp.aiter_lines():
+            if p.t_end is not None or not line.startswith("data:"):
+                continue  # after [DONE]: read the message's end, so httpx can keep the connection
+            if _on_data(p, kind, line[5:].strip(), time.perf_counter()):
+                p.t_end = time.perf_counter()
+                if p.failure is not None:
+                    break
+        if p.failure is not None:
+            return "error", p.failure
+        if not p.done:
+            return "error", "stream ended without [DONE]"
+    return "ok", None
+
+
+#: lean pools, one per httpx client and event loop (connections belong to a loop)
+_POOLS: "weakref.WeakKeyDictionary[httpx.AsyncClient, dict[asyncio.AbstractEventLoop, H1Pool]]" = (
+    weakref.WeakKeyDictionary())
+#: httpx's defaults that the lean path does not send (it neither decompresses nor needs them)
+_SKIP_HEADERS = {"accept-encoding", "connection", "host", "content-length", "transfer-encoding"}
+
+
+def _lean_pool(client: httpx.AsyncClient, url: str) -> H1Pool | None:
+    """The lean pool standing in for ``client`` on this loop, or None when httpx must do it
+    (https, proxies or mounted/custom transports, or ``KVORCH_CLIENT=httpx``)."""
+    if _FORCE_HTTPX or not url.startswith("http://"):
+        return None
+    import httpx
+
+    if type(getattr(client, "_transport", None)) is not httpx.AsyncHTTPTransport or getattr(client, "_mounts", None):
+        return None
+    loop = asyncio.get_running_loop()
+    per_loop = _POOLS.get(client)
+    if per_loop is None:
+        per_loop = {}
+        _POOLS[client] = per_loop
+        weakref.finalize(client, _close_pools, per_loop)
+    pool = per_loop.get(loop)
+    if pool is None:
+        inner = getattr(client._transport, "_pool", None)
+        limit = getattr(inner, "_max_connections", None)
+        hdrs = {k: v for k, v in client.headers.items() if k.lower() not in _SKIP_HEADERS}
+        pool = per_loop[loop] = H1Pool(max_connections=limit, headers=hdrs)
+    return pool
+
+
+def _close_pools(per_loop: dict[Any, H1Pool]) -> None:
+    for pool in list(per_loop.values()):
+        pool.close()
+    per_loop.clear()
+
+
+def close_lean_connections(client: httpx.AsyncClient) -> None:
+    """Close the lean connections :func:`send` keeps for ``client`` (call it with ``client.aclose()``;
+    they are also closed when ``client`` is garbage-collected)."""
+    per_loop = _POOLS.pop(client, None)
+    if per_loop:
+        _close_pools(per_loop)
 
 
 async def send(
@@ -363,20 +488,27 @@ async def send(
     if headers:
         hdrs.update(headers)
 
+    import httpx
+
     p = _Progress()
     status: Status
     error: str | None
     try:
-        status, error = await asyncio.wait_for(
-            _stream(client, url, body, hdrs, kind, p, read_timeout=timeout), timeout
-        )
+        if client.is_closed:
+            raise RuntimeError("the HTTP client is closed")
+        pool = _lean_pool(client, url)
+        if pool is not None:
+            coro = _stream_h1(pool, url, body, hdrs, kind, p, read_timeout=timeout)
+        else:
+            coro = _stream_httpx(client, url, body, hdrs, kind, p, read_timeout=timeout)
+        status, error = await asyncio.wait_for(coro, timeout)
     except (asyncio.TimeoutError, httpx.TimeoutException) as e:
         status, error = "timeout", f"no complete answer within {timeout:g} s ({type(e).__name__})"
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, H1Error) as e:
         status, error = "error", f"{type(e).__name__}: {e}"
     except Exception as e:  # noqa: BLE001 - a record, never an exception, whatever went wrong
         status, error = "error", f"{type(e).__name__}: {e}"
-    e2e = time.perf_counter() - p.t0
+    e2e = (p.t_end if status == "ok" and p.t_end is not None else time.perf_counter()) - p.t0
     send_wait = p.t0 - p.t_call if p.sent else None  # never on the wire: all of it is in e2e
 
     usage = p.usage or {}
@@ -455,6 +587,8 @@ async def run_load(
 
     own_client = client is None
     if client is None:
+        import httpx
+
         limits = httpx.Limits(
             max_connections=concurrency + 4, max_keepalive_connections=concurrency
         )
@@ -528,6 +662,7 @@ async def run_load(
                 await asyncio.gather(*pending, return_exceptions=True)
     finally:
         if own_client:
+            close_lean_connections(client)
             await client.aclose()
     return [r for r in slots if r is not None]
 

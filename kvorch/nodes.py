@@ -52,20 +52,80 @@ def ssh_overrides(inv: Inventory, host: str, insecure: bool = False) -> dict[str
     return {k: v for k, v in o.items() if v is not None}
 
 
+def _ssh_transport(inv: Inventory, name: str, address: str, ssh_config: str | None):
+    from .hosts.ssh import SshTransport
+    from .hosts.ssh_config import resolve_ssh_settings
+
+    spec = inv.hosts[name].ssh
+    try:
+        settings = resolve_ssh_settings(spec.alias or address, ssh_config, ssh_overrides(inv, name))
+    except FileNotFoundError as e:
+        raise UserError(str(e), hint="pass an existing file with --ssh-config (or ORCHESTRATE_SSH_CONFIG)") from None
+    return SshTransport(settings, name=name)
+
+
 def _transport(inv: Inventory, hp: HostPlan, ssh_config: str | None):
     if hp.connector == "local":
         from .hosts.local import LocalTransport
 
         return LocalTransport(name=hp.name)
-    from .hosts.ssh import SshTransport
-    from .hosts.ssh_config import resolve_ssh_settings
+    early = _EARLY.pop((hp.name, hp.address, ssh_config), None)
+    if early is not None:
+        return early.result()  # opened (or failed: the same error connect() would have raised)
+    return _ssh_transport(inv, hp.name, hp.address, ssh_config)
 
-    spec = inv.hosts[hp.name].ssh
-    try:
-        settings = resolve_ssh_settings(spec.alias or hp.address, ssh_config, ssh_overrides(inv, hp.name))
-    except FileNotFoundError as e:
-        raise UserError(str(e), hint="pass an existing file with --ssh-config (or ORCHESTRATE_SSH_CONFIG)") from None
-    return SshTransport(settings, name=hp.name)
+
+#: connections begun by :func:`connect_early`, by (host name, address, ssh_config)
+_EARLY: dict[tuple[str, str, str | None], Any] = {}
+
+
+def connect_early(inv: Inventory, ssh_config: str | None) -> None:
+    """Begin connecting to every SSH host of ``inv`` now, one background thread each.
+
+    A short command (``status``, ``preflight``) spends most of its time importing and building
+    the plan, then connecting; begun first, the SSH handshakes (the remote side's work: sshd,
+    key exchange, authentication, the login shell) overlap the rest of the start-up. :func:`open_nodes` takes the
+    connection (or its error) over. paramiko is imported here, in the calling thread, so that
+    no two threads import the same modules at once."""
+    if not any(h.connector == "ssh" for h in inv.hosts.values()):
+        return  # nothing to connect, and no paramiko to import
+    from concurrent.futures import Future
+    import threading
+
+    from .hosts import ssh as _  # noqa: F401 - see the docstring
+
+    for name, h in inv.hosts.items():
+        key = (name, h.address, ssh_config)
+        if h.connector != "ssh" or key in _EARLY:
+            continue
+        fut: Future[Any] = Future()
+
+        def work(name: str = name, address: str = h.address, fut: Future[Any] = fut) -> None:
+            t = None
+            try:
+                t = _ssh_transport(inv, name, address, ssh_config)
+                t.open()
+                # the first command starts the connection's kept shell (through the login shell,
+                # which reads ~/.bashrc): have it ready too
+                t.run(":", timeout=t.settings.connect_timeout + 30.0)
+                fut.set_result(t)
+            except BaseException as exc:  # noqa: BLE001 - handed to open_nodes
+                if t is not None:
+                    t.close()
+                fut.set_exception(exc)
+
+        _EARLY[key] = fut
+        threading.Thread(target=work, name=f"kvorch-connect-{name}", daemon=True).start()
+
+
+def close_early() -> None:
+    """Close connections :func:`connect_early` made that nobody took over."""
+    while _EARLY:
+        _, fut = _EARLY.popitem()
+        try:
+            fut.result().close()
+        except BaseException:  # noqa: BLE001 - closing is best effort; its error was nobody's
+            pass
 
 
 def _resolve_workdir(ops: HostOps, workdir: str, local: bool) -> str:
@@ -131,3 +191,4 @@ def close_all(nodes: dict[str, Node]) -> None:
             n.close()
         except Exception:  # noqa: BLE001 - closing is best effort
             pass
+    close_early()

@@ -187,7 +187,15 @@ def preflight(c: Session, plan: Plan) -> PreflightResult:
 
     nodes, errors = open_nodes(c.inventory(), plan, c.ssh_config, strict=False)
     try:
-        running = {n for node in nodes.values() for n, o in observe(plan, node).items() if o.ours}
+        from .hosts.parallel import run_parallel
+        from .processes import observe
+
+        # every host at once (one after another, 16 hosts wait 16 round trips)
+        seen = run_parallel(nodes, lambda node: observe(plan, node))
+        running = {n for obs in seen.values() if not isinstance(obs, BaseException) for n, o in obs.items() if o.ours}
+        for host, obs in seen.items():
+            if isinstance(obs, BaseException):
+                raise obs
         checks = run_checks(c.inventory(), plan, nodes, skip_ports_of=running)
     finally:
         close_all(nodes)

@@ -176,6 +176,10 @@ def _emit(c: Ctx, result: Any, show: Any) -> None:
 @pass_ctx
 def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
     """Preflight, upload, start the controller, then the engines; wait until all are healthy."""
+    if not dry_run:
+        from ..nodes import connect_early
+
+        connect_early(c.inventory(), c.ssh_config)  # the handshakes overlap building the plan
     plan = c.plan()
     if dry_run:
         if c.as_json:
@@ -204,6 +208,9 @@ def preflight(c: Ctx) -> None:
     """Check every host: reachable, versions equal, PYTHONHASHSEED, ports free, GPUs, disk."""
     from .. import preflight as preflight_mod
     from .output import print_checks
+    from ..nodes import connect_early
+
+    connect_early(c.inventory(), c.ssh_config)  # the handshakes overlap building the plan
 
     c.start_events()
     _emit(c, preflight_mod.preflight(c, c.plan()), lambda con, r: print_checks(con, r.checks))
@@ -216,6 +223,9 @@ def status(c: Ctx) -> None:
     """Per process: running / dead / unhealthy, uptime, port, last log line."""
     from .. import cluster
     from .output import print_status
+    from ..nodes import connect_early
+
+    connect_early(c.inventory(), c.ssh_config)  # the handshakes overlap building the plan
 
     c.start_events()
     _emit(c, cluster.status(c, c.plan()), lambda con, r: print_status(con, r.to_json()))

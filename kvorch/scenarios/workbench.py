@@ -60,6 +60,7 @@ class Workbench:
 
     def close(self) -> None:
         self.http.close()
+        oa.close_lean_connections(self._aclient)  # the client's streaming connections (kvorch.h1)
         self._loop.run_until_complete(self._aclient.aclose())
         self._loop.run_until_complete(self._loop.shutdown_asyncgens())  # streams left mid-iteration
         self._loop.close()

@@ -48,6 +48,7 @@ class Script:
     request_ids: list[str] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     wall: dict[str, list[float | None]] = field(default_factory=dict)  # rid → [arrival, 1st chunk]
+    peers: list[int] = field(default_factory=list)  # the client's port of each request's connection
 
     def config(self) -> dict[str, Any]:
         keys = ("ttft", "itl", "tokens", "header_delay", "status", "error_chunk", "no_done")
@@ -61,7 +62,7 @@ import asyncio, json, sys, time
 from aiohttp import web
 
 cfg = json.loads(sys.argv[1])
-seen = {"arrivals": [], "request_ids": [], "bodies": [], "max_inflight": 0, "wall": {}}
+seen = {"arrivals": [], "request_ids": [], "bodies": [], "max_inflight": 0, "wall": {}, "peers": []}
 inflight = 0
 
 
@@ -72,6 +73,7 @@ async def stats(request):
 async def handler(request):
     global inflight
     seen["arrivals"].append(time.perf_counter())
+    seen["peers"].append(request.transport.get_extra_info("peername")[1])
     rid = request.headers.get("X-Request-Id", "")
     seen["wall"][rid] = [time.time(), None]  # arrival, first content chunk written
     seen["request_ids"].append(rid)
@@ -114,9 +116,9 @@ async def handler(request):
                 await emit({"error": {"message": "engine died", "type": "InternalServerError", "code": 500}})
                 await resp.write(b"data: [DONE]\n\n")
                 return resp
-            await emit(chunk(" t%d" % i, "length" if i == n - 1 else None))
-            if i == 0:
+            if i == 0:  # stamped before the write: a client may read the chunk before a stamp after it
                 seen["wall"][rid][1] = time.time()
+            await emit(chunk(" t%d" % i, "length" if i == n - 1 else None))
         if (body.get("stream_options") or {}).get("include_usage"):
             await emit({"id": sid, "object": "text_completion", "created": 1, "model": body["model"],
                         "choices": [], "usage": {"prompt_tokens": 7, "total_tokens": 7 + n,
@@ -165,6 +167,7 @@ def sse_server(script: Script) -> Iterator[str]:
         script.bodies = seen["bodies"]
         script.max_inflight = seen["max_inflight"]
         script.wall = seen["wall"]
+        script.peers = seen["peers"]
     finally:
         proc.kill()
         proc.wait(10)
@@ -485,6 +488,51 @@ def test_records_round_trip(tmp_path) -> None:
     ]
     save_records(recs, tmp_path / "r" / "requests.jsonl")
     assert load_records(tmp_path / "r" / "requests.jsonl") == recs
+
+
+# ------------------------------------------------------------------------------ the two HTTP paths
+
+
+@pytest.mark.parametrize("path", ["lean", "httpx"])
+def test_one_client_keeps_one_connection_across_streamed_requests(path, monkeypatch) -> None:
+    import kvorch.client as kc
+
+    monkeypatch.setattr(kc, "_FORCE_HTTPX", path == "httpx")
+    sc = Script(ttft=0.01, itl=0.005, tokens=3)
+    with sse_server(sc) as base:
+        recs = run(_send_n(base, 4, prompt="x", max_tokens=3, timeout=5))
+    assert [r.status for r in recs] == ["ok"] * 4 and all(r.output_text == " t0 t1 t2" for r in recs)
+    assert len(set(sc.peers)) == 1, sc.peers  # read to the end of each answer: the connection is reused
+
+
+def test_a_client_with_mounted_transports_goes_through_httpx() -> None:
+    import kvorch.client as kc
+
+    async def main(base: str) -> tuple[RequestRecord, bool]:
+        async with httpx.AsyncClient(trust_env=False, mounts={"http://": httpx.AsyncHTTPTransport()}) as c:
+            r = await send(c, "e", base, "tiny", prompt="x", max_tokens=2, timeout=5)
+            return r, c in kc._POOLS
+
+    with sse_server(Script(tokens=2)) as base:
+        r, lean = run(main(base))
+    assert r.status == "ok" and r.output_text == " t0 t1" and not lean
+
+
+def test_a_closed_client_gives_an_error_record_not_an_exception() -> None:
+    async def main() -> RequestRecord:
+        c = httpx.AsyncClient(trust_env=False)
+        await c.aclose()
+        return await send(c, "e", "http://127.0.0.1:1/v1", "tiny", prompt="x", timeout=2)
+
+    r = run(main())
+    assert r.status == "error" and "closed" in (r.error or "") and r.send_wait_s is None
+
+
+def test_the_client_module_does_not_import_httpx_until_a_request_is_made() -> None:
+    code = ("import sys, kvorch.client, kvorch.evidence; "
+            "print('httpx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_a_token_that_decodes_to_no_text_still_starts_ttft_and_is_kept_with_its_logprobs() -> None:

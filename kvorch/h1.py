@@ -1,0 +1,439 @@
+"""A lean HTTP/1.1 client for streamed POSTs (SSE), on an asyncio ``Protocol``.
+
+Why not httpx for the measuring path: under load one asyncio process spends most of its CPU in
+httpx/httpcore/h11/anyio layers (cProfile at 64 concurrent streams: ~5 ms of CPU per 16-token
+request, the client saturating a core before the server does), and every chunk passes through
+several awaits before the caller sees it, which adds to the TTFT it measures. Here:
+
+* bytes are parsed where they arrive (``data_received``): each SSE ``data:`` line is handed to the
+  caller's callback *with the time it arrived*, synchronously, without waking a task per chunk;
+* the request goes out in one ``write`` (the clock starts right before it);
+* keep-alive connections are pooled per (host, port) and per event loop, bounded like httpx's
+  ``max_connections`` (a request beyond the bound waits for a connection — not counted as latency);
+* chunked and Content-Length bodies; a stale keep-alive connection (closed by the server before
+  any byte of the answer) is retried once on a fresh connection.
+
+What it does not do (callers use httpx for these): TLS, proxies, redirects, compression, HTTP/2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["H1Pool", "H1Error", "ConnectError", "Response", "EventSink"]
+
+#: an SSE ``data:`` payload (bytes, stripped) and the perf_counter() time its bytes arrived;
+#: returns True when the stream is complete for the caller (e.g. ``[DONE]``)
+EventSink = Callable[[bytes, float], bool]
+
+_MAX_HEAD = 64 * 1024
+#: how long a request waits for a connection that is finishing its last answer before it opens one
+_DRAIN_WAIT_S = 0.05
+
+
+class H1Error(Exception):
+    """The connection or the HTTP framing failed (not an HTTP error status)."""
+
+
+class ConnectError(H1Error):
+    """The TCP connection could not be made."""
+
+
+class Response:
+    """What a request got: status, headers (lower-case names), the body when not streamed."""
+
+    __slots__ = ("status", "headers", "body", "ended_at")
+
+    def __init__(self) -> None:
+        self.status: int = 0
+        self.headers: dict[str, str] = {}
+        self.body = bytearray()
+        self.ended_at: float | None = None
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; one request at a time."""
+
+    def __init__(self, pool: H1Pool, key: tuple[str, int]) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.fut: asyncio.Future[Response] | None = None
+        self.resp: Response | None = None
+        self.sink: EventSink | None = None
+        self.body_limit = 0
+        self.buf = bytearray()
+        self.state = "idle"  # idle | head | chunk_size | chunk_data | chunk_end | length | eof | trailer
+        self.remaining = 0
+        self.sse = bytearray()
+        self.got_bytes = False
+        self.keep = True
+        self.stopped = False
+        self.draining = False  # the caller has its answer; back to the pool when the message ends
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool._forget(self)
+        if self.state == "eof" and self.resp is not None:
+            self._finish()
+            return
+        if self.fut is not None and not self.fut.done():
+            why = f": {exc}" if exc else ""
+            self.fut.set_exception(H1Error(f"server closed the connection mid-response{why}"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost decides what the response was
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        if self.fut is None or self.state in ("idle", "done") or (self.fut.cancelled()):
+            # bytes nobody asked for (or after a cancelled request): the connection is unusable
+            self._abort()
+            return
+        self.got_bytes = True
+        self.buf += data
+        try:
+            self._parse(now)
+        except H1Error as e:
+            if not self.fut.done():
+                self.fut.set_exception(e)
+            self._abort()
+
+    # ---- request ----------------------------------------------------------------------------
+
+    def start(self, head: bytes, body: bytes, sink: EventSink | None, body_limit: int) -> asyncio.Future[Response]:
+        """Send the request (one write); the future resolves at the end of the answer."""
+        assert self.transport is not None
+        self.fut = asyncio.get_running_loop().create_future()
+        self.resp = Response()
+        self.sink = sink
+        self.body_limit = body_limit
+        self.state = "head"
+        self.transport.write(head + body)
+        return self.fut
+
+    def _abort(self) -> None:
+        self.keep = False
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+        self.closed = True
+        self.pool._forget(self)
+
+    def _finish(self) -> None:
+        resp, fut = self.resp, self.fut
+        keep = self.keep and not self.closed and self.state == "idle"
+        self.state = "done"
+        if fut is not None and not fut.done() and resp is not None:
+            if resp.ended_at is None:
+                resp.ended_at = time.perf_counter()
+            fut.set_result(resp)
+        if not keep:
+            self._abort()
+        elif self.draining:
+            self.pool._release(self)
+
+    def _body(self, data: bytes | bytearray, now: float) -> None:
+        resp = self.resp
+        assert resp is not None
+        if self.sink is None or resp.status >= 300:
+            room = self.body_limit - len(resp.body)
+            if room > 0:
+                resp.body += data[:room]
+            return
+        if self.stopped:
+            return
+        self.sse += data
+        start = 0
+        sse = self.sse
+        while True:
+            nl = sse.find(b"\n", start)
+            if nl < 0:
+                break
+            line = bytes(sse[start:nl]).strip()
+            start = nl + 1
+            if line.startswith(b"data:"):
+                if self.sink(line[5:].strip(), now):
+                    # the caller's answer is complete ([DONE]): hand it over now, and read the
+                    # rest of the message (the chunked terminator) so the connection can be reused
+                    self.stopped = True
+                    resp.ended_at = now
+                    if self.fut is not None and not self.fut.done():
+                        self.fut.set_result(resp)
+                    break
+        del sse[:start]
+
+    def _parse(self, now: float) -> None:
+        buf = self.buf
+        resp = self.resp
+        assert resp is not None
+        while True:
+            st = self.state
+            if st == "head":
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > _MAX_HEAD:
+                        raise H1Error("response headers too large")
+                    return
+                lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+                del buf[: end + 4]
+                parts = lines[0].split(" ", 2)
+                if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+                    raise H1Error(f"not an HTTP/1.x response: {lines[0][:80]!r}")
+                status = int(parts[1])
+                if 100 <= status < 200:  # 100 Continue and friends: the real answer follows
+                    continue
+                resp.status = status
+                hdrs = resp.headers
+                for ln in lines[1:]:
+                    k, _, v = ln.partition(":")
+                    hdrs[k.strip().lower()] = v.strip()
+                conn = hdrs.get("connection", "").lower()
+                if parts[0] == "HTTP/1.0" and "keep-alive" not in conn or "close" in conn:
+                    self.keep = False
+                if "chunked" in hdrs.get("transfer-encoding", "").lower():
+                    self.state = "chunk_size"
+                elif "content-length" in hdrs:
+                    try:
+                        self.remaining = int(hdrs["content-length"])
+                    except ValueError as e:
+                        raise H1Error(f"bad Content-Length {hdrs['content-length']!r}") from e
+                    self.state = "length"
+                elif status in (204, 304):
+                    self.remaining = 0
+                    self.state = "length"
+                else:
+                    self.keep = False
+                    self.state = "eof"
+            elif st == "chunk_size":
+                nl = buf.find(b"\r\n")
+                if nl < 0:
+                    if len(buf) > 1024:
+                        raise H1Error("bad chunk header")
+                    return
+                size_s = bytes(buf[:nl]).split(b";", 1)[0].strip()
+                del buf[: nl + 2]
+                try:
+                    size = int(size_s, 16)
+                except ValueError as e:
+                    raise H1Error(f"bad chunk size {size_s[:20]!r}") from e
+                if size == 0:
+                    self.state = "trailer"
+                else:
+                    self.remaining = size
+                    self.state = "chunk_data"
+            elif st == "chunk_data":
+                if not buf:
+                    return
+                n = min(self.remaining, len(buf))
+                piece = buf[:n]
+                del buf[:n]
+                self.remaining -= n
+                self._body(piece, now)
+                if self.remaining == 0:
+                    self.state = "chunk_end"
+            elif st == "chunk_end":
+                if len(buf) < 2:
+                    return
+                if buf[:2] != b"\r\n":
+                    raise H1Error("bad chunk end")
+                del buf[:2]
+                self.state = "chunk_size"
+            elif st == "trailer":
+                nl = buf.find(b"\r\n")
+                if nl < 0:
+                    return
+                line = buf[:nl]
+                del buf[: nl + 2]
+                if not line:
+                    self._complete()
+                    return
+            elif st == "length":
+                n = min(self.remaining, len(buf))
+                if n:
+                    piece = buf[:n]
+                    del buf[:n]
+                    self.remaining -= n
+                    self._body(piece, now)
+                if self.remaining == 0:
+                    self._complete()
+                    return
+                return
+            elif st == "eof":
+                if buf:
+                    piece = bytes(buf)
+                    buf.clear()
+                    self._body(piece, now)
+                return
+            else:
+                raise H1Error(f"unexpected bytes after the response ({len(buf)})")
+
+    def _complete(self) -> None:
+        if self.buf:
+            self.keep = False  # pipelined garbage: don't trust this connection again
+        self.state = "idle"
+        self._finish()
+
+
+class H1Pool:
+    """Keep-alive connections per (host, port), for one event loop.
+
+    ``max_connections`` bounds open connections per (host, port) like httpx's limit: a request
+    beyond it waits (in :meth:`request`, before its clock starts). ``None``: no bound.
+    """
+
+    def __init__(self, max_connections: int | None = None, headers: Mapping[str, str] | None = None) -> None:
+        self.max_connections = max_connections
+        self.headers = dict(headers or {})
+        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._open: dict[tuple[str, int], set[_Conn]] = {}
+        self._waiters: dict[tuple[str, int], list[asyncio.Future[None]]] = {}
+        self.closed = False
+
+    def _forget(self, c: _Conn) -> None:
+        idle = self._idle.get(c.key)
+        if idle and c in idle:
+            idle.remove(c)
+        opened = self._open.get(c.key)
+        if opened is not None and c in opened:
+            opened.discard(c)
+            self._wake(c.key)
+
+    def _wake(self, key: tuple[str, int]) -> None:
+        ws = self._waiters.get(key)
+        while ws:
+            w = ws.pop(0)
+            if not w.done():
+                w.set_result(None)
+                return
+
+    async def _acquire(self, host: str, port: int, connect_timeout: float) -> _Conn:
+        key = (host, port)
+        while True:
+            idle = self._idle.setdefault(key, [])
+            while idle:
+                c = idle.pop()
+                if not c.closed:
+                    c.reused = True
+                    return c
+            opened = self._open.setdefault(key, set())
+            draining = any(c.draining and not c.closed for c in opened)
+            if self.max_connections is not None and len(opened) >= self.max_connections:
+                w = asyncio.get_running_loop().create_future()
+                self._waiters.setdefault(key, []).append(w)
+                await w
+                continue
+            if not draining:
+                break
+            # a connection is reading the last bytes of its answer ([DONE] was handed over before the
+            # chunked terminator): it is usually back in a moment; wait that long rather than connect
+            w = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(key, []).append(w)
+            try:
+                await asyncio.wait_for(w, _DRAIN_WAIT_S)
+            except asyncio.TimeoutError:
+                break
+        loop = asyncio.get_running_loop()
+        placeholder = _Conn(self, key)
+        opened.add(placeholder)  # counts against the bound while connecting
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: placeholder, host, port), connect_timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            opened.discard(placeholder)
+            self._wake(key)
+            what = "timed out" if isinstance(e, asyncio.TimeoutError) else str(e)
+            raise ConnectError(f"cannot connect to {host}:{port}: {what}") from e
+        except BaseException:
+            opened.discard(placeholder)
+            self._wake(key)
+            raise
+        return proto
+
+    def _release(self, c: _Conn) -> None:
+        if c.closed or self.closed or not c.keep:
+            c._abort()
+            return
+        if c.state != "done":
+            c.draining = True
+            return
+        c._reset()
+        self._idle.setdefault(c.key, []).append(c)
+        self._wake(c.key)
+
+    async def request(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        sink: EventSink | None = None,
+        on_wire: Callable[[], None] | None = None,
+        connect_timeout: float = 10.0,
+        body_limit: int = 1 << 20,
+    ) -> Response:
+        """POST ``body`` to ``path``; SSE ``data:`` lines go to ``sink`` as they arrive (2xx only;
+        an error status's body is kept, up to ``body_limit``). ``on_wire`` is called right before
+        the request's bytes are written. Cancel-safe: a cancelled request closes its connection."""
+        if self.closed:
+            raise H1Error("the client is closed")
+        hdrs = {"host": f"{host}:{port}", **{k.lower(): v for k, v in self.headers.items()},
+                **{k.lower(): v for k, v in headers.items()}}
+        hdrs["content-length"] = str(len(body))
+        hdrs.setdefault("content-type", "application/json")
+        head = (f"POST {path} HTTP/1.1\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n").encode("latin-1")
+        for attempt in (0, 1):
+            c = await self._acquire(host, port, connect_timeout)
+            if on_wire is not None:
+                on_wire()
+            fut = c.start(head, body, sink, body_limit)
+            try:
+                resp = await fut
+            except H1Error:
+                c._abort()
+                # a kept-alive connection the server had already closed: nothing of the answer
+                # arrived, the server never saw the request; once more on a fresh connection
+                if attempt == 0 and c.reused and not c.got_bytes:
+                    continue
+                raise
+            except BaseException:
+                c._abort()
+                raise
+            self._release(c)
+            return resp
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close every connection (idle and in use)."""
+        self.closed = True
+        for conns in list(self._open.values()):
+            for c in list(conns):
+                c._abort()
+        for idle in self._idle.values():
+            for c in idle:
+                c._abort()
+        self._idle.clear()
+        for ws in self._waiters.values():
+            for w in ws:
+                if not w.done():
+                    w.set_exception(H1Error("the client is closed"))
+        self._waiters.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {"open": sum(len(s) for s in self._open.values()),
+                "idle": sum(len(s) for s in self._idle.values())}

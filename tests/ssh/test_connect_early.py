@@ -1,0 +1,135 @@
+"""nodes.connect_early: SSH handshakes begun before the plan is built, taken over by open_nodes
+(real sshd on loopback)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from clusterkit import write_inventory
+from kvorch import nodes as kn
+from kvorch.inventory import load_inventory
+from kvorch.plan import build_plan
+
+pytestmark = pytest.mark.ssh
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.97", 0))
+        return s.getsockname()[1]
+
+
+def _inventory(sshd_cluster, tmp_path, port97: int | None = None):
+    def m(d):
+        for host in d["hosts"].values():
+            host["ssh"]["port"] = sshd_cluster.port
+            host["workdir"] = str(tmp_path / "hosts" / host["address"])
+        if port97 is not None:
+            d["hosts"]["node97"]["ssh"]["port"] = port97
+            d["hosts"]["node97"]["ssh"]["connect_timeout"] = 3
+    return load_inventory(write_inventory(tmp_path / "inv.yaml", "inventories/loopback.yaml", m))
+
+
+def test_open_nodes_takes_over_the_connections_begun_early(sshd_cluster, tmp_path):
+    inv = _inventory(sshd_cluster, tmp_path)
+    kn.connect_early(inv, str(sshd_cluster.ssh_config))
+    early = dict(kn._EARLY)
+    assert set(k[0] for k in early) == {"node13", "node97"}
+    plan = build_plan(inv)
+    nodes, errors = kn.open_nodes(inv, plan, str(sshd_cluster.ssh_config), strict=False)
+    try:
+        assert errors == {} and set(nodes) == {"node13", "node97"}
+        assert kn._EARLY == {}  # taken over, not connected twice
+        for key, fut in early.items():
+            t = nodes[key[0]].ops.t
+            assert t is fut.result() and t.connect_time_s is not None
+            assert t._idle_shells, "the kept shell was started early too"
+            assert nodes[key[0]].ops.run("echo $((6*7))").stdout == "42\n"
+    finally:
+        kn.close_all(nodes)
+
+
+def test_a_host_that_cannot_be_reached_early_fails_in_open_nodes_with_the_usual_message(sshd_cluster, tmp_path):
+    from kvorch.hosts.base import HostUnreachable
+
+    inv = _inventory(sshd_cluster, tmp_path, port97=_closed_port())
+    plan = build_plan(inv)
+    # without connect_early the transport connects at its first command, and fails there
+    plain, _ = kn.open_nodes(inv, plan, str(sshd_cluster.ssh_config), strict=False)
+    with pytest.raises(HostUnreachable) as exc:
+        plain["node97"].ops.run(":")
+    kn.close_all(plain)
+    kn.connect_early(inv, str(sshd_cluster.ssh_config))
+    nodes, errors = kn.open_nodes(inv, plan, str(sshd_cluster.ssh_config), strict=False)
+    try:
+        assert set(nodes) == {"node13"} and set(errors) == {"node97"}
+        assert errors["node97"].message == kn.host_error_message("node97", exc.value).message
+        assert "127.0.0.97" in errors["node97"].message
+    finally:
+        kn.close_all(nodes)
+
+
+def test_connections_nobody_took_over_are_closed_with_the_nodes(sshd_cluster, tmp_path):
+    inv = _inventory(sshd_cluster, tmp_path)
+    kn.connect_early(inv, str(sshd_cluster.ssh_config))
+    plan = build_plan(inv)
+    fut97 = next(f for k, f in kn._EARLY.items() if k[0] == "node97")
+    nodes, _ = kn.open_nodes(inv, plan, str(sshd_cluster.ssh_config), names=["node13"], strict=False)
+    assert set(nodes) == {"node13"} and len(kn._EARLY) == 1
+    t97 = fut97.result()
+    assert t97._conn is not None
+    kn.close_all(nodes)
+    assert kn._EARLY == {} and t97._conn is None
+
+
+def _free_ports_loopback(sshd_cluster, tmp_path):
+    """inventories/loopback.yaml on this session's sshd, every service port free-picked."""
+    import sys
+
+    from clusterkit import Orch, free_ports
+
+    def m(d):
+        for host in d["hosts"].values():
+            host["python"] = sys.executable
+            host["ssh"]["port"] = sshd_cluster.port
+            host["workdir"] = str(tmp_path / "hosts" / host["address"])
+        ports = iter(free_ports(16))
+        d["controller"]["port"] = next(ports)
+        d["controller"]["monitor_ports"] = {k: next(ports) for k in d["controller"]["monitor_ports"]}
+        for e in d["engines"]:
+            for k in ("port", "p2p_init_port", "p2p_lookup_port", "worker_port"):
+                e[k] = next(ports)
+    inv = write_inventory(tmp_path / "inv.yaml", "inventories/loopback.yaml", m)
+    return Orch(tmp_path, inv, sshd_cluster.ssh_config)
+
+
+def test_preflight_on_a_cluster_that_is_up_passes_its_own_ports_on_every_host(sshd_cluster, tmp_path):
+    import json
+
+    orch = _free_ports_loopback(sshd_cluster, tmp_path)
+    try:
+        up = orch("up", "--skip-preflight")
+        assert up.code == 0, up.err + up.out
+        pre = orch("--json", "preflight")
+        checks = json.loads(pre.out)["checks"]
+        failed = [ch for ch in checks if ch["status"] == "fail"]
+        assert pre.code == 0 and not failed, failed
+        st = orch("--json", "status")
+        assert st.code == 0 and {r["state"] for r in st.json()["processes"]} == {"running"}
+    finally:
+        orch("down", "--no-collect", "--grace", "2")
+
+
+def test_an_inventory_of_local_hosts_connects_nothing_and_imports_no_paramiko(tmp_path):
+    import subprocess
+    import sys
+
+    from clusterkit import ROOT
+
+    code = ("import sys; from kvorch.inventory import load_inventory; from kvorch import nodes; "
+            f"nodes.connect_early(load_inventory({str(ROOT / 'inventories/local.yaml')!r}), None); "
+            "print(len(nodes._EARLY), 'paramiko' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "False"]
