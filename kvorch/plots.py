@@ -336,6 +336,9 @@ def sweep_metric(groups: Mapping[str, Sequence[tuple[Any, float | None, float | 
     ax.set_ylabel(y_label)
     if len(groups) > 1:
         ax.legend(frameon=False)
+    return _save(fig, path)
+
+
 def speedup_intervals(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> Path | None:
     """One bar per timing check: the median speedup with its 95 % interval as an error bar, the
     per-trial values as dots and the threshold as a dashed line.
