@@ -73,8 +73,8 @@ def test_reuse_2node_decode_engine_gets_the_prefill_engines_kv_from_lmcache(real
         assert follow["engine"] == "decode"
         assert follow["metrics"]["external_hit_tokens"] >= 512  # vllm:external_prefix_cache_hits_total delta
         assert trial["kv_store_hit_tokens"] >= 512  # lmcache_mp_lookup_hit_tokens_total delta
-        # the answer from LMCache's KV equals the decode engine's cold (cache_salt) answer, token for token
-        assert trial["correctness"]["equal"] and trial["cold"]["metrics"]["cache_hit_tokens"] == 0
+        # the answer from LMCache's KV equals the cold (cache_salt) one token for token, or differs only at a bf16 near-tie (logprobs)
+        assert trial["correctness"]["confident_divergence"] == "none" and trial["cold"]["metrics"]["cache_hit_tokens"] == 0
     assert res["results"]["n_trials"] == 5  # the real-engine default
 
 
@@ -82,7 +82,7 @@ def test_reuse_same_engine_is_faster(real_cluster):
     r, res = run(real_cluster, "reuse")
     assert r.code in (0, 3), r.err + r.out
     assert all(t["follow_up"]["metrics"]["cache_hit_tokens"] >= 256 for t in res["results"]["trials"])
-    assert all(t["correctness"]["equal"] for t in res["results"]["trials"])
+    assert all(t["correctness"]["confident_divergence"] == "none" for t in res["results"]["trials"])
 
 
 def test_collect_brings_all_three_logs_and_the_versions(real_cluster):
