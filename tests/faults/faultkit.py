@@ -19,9 +19,10 @@ from clusterkit import ROOT, Orch, free_ports, listening, write_inventory
 MARKER = "ORCHESTRATE_PROCESS="
 
 
-def marked_pids(cluster: str) -> list[int]:
-    """Live (not zombie) processes whose environment carries a marker of ``cluster``."""
-    want = f"{MARKER}{cluster}/".encode()
+def marked_pids(cluster: str, name: str = "") -> list[int]:
+    """Live (not zombie) processes whose environment carries a marker of ``cluster``
+    (of its process ``name`` when given). A process that exits while it is read is skipped."""
+    want = f"{MARKER}{cluster}/{name}".encode()
     out = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -33,7 +34,7 @@ def marked_pids(cluster: str) -> list[int]:
             continue
         if stat[stat.rindex(")") + 2:].split()[0] in "ZXx":
             continue
-        if any(line.startswith(want) for line in env.split(b"\0")):
+        if any(line == want if name else line.startswith(want) for line in env.split(b"\0")):
             out.append(int(d.name))
     return sorted(out)
 
@@ -129,15 +130,12 @@ class Cluster:
 
     def kill_process(self, name: str) -> None:
         """SIGKILL everything of one process (it stops writing its log)."""
-        want = f"{MARKER}{self.name}/{name}".encode()
-        for pid in marked_pids(self.name):
+        for pid in marked_pids(self.name, name):
             try:
-                if want in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                    os.kill(pid, signal.SIGKILL)
-            except (OSError, ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
                 pass
-        wait_for(lambda: not any(want in Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
-                                 for p in marked_pids(self.name) if Path(f"/proc/{p}").exists()), timeout=10)
+        wait_for(lambda: not marked_pids(self.name, name), timeout=10)
 
     def cleanup(self) -> None:
         self("down", "--no-collect", "--grace", "1")
