@@ -42,7 +42,7 @@ def test_open_nodes_takes_over_the_connections_begun_early(sshd_cluster, tmp_pat
     try:
         assert errors == {} and set(nodes) == {"node13", "node97"}
         assert kn._EARLY == {}  # taken over, not connected twice
-        for key, fut in early.items():
+        for key, (_, fut) in early.items():
             t = nodes[key[0]].ops.t
             assert t is fut.result() and t.connect_time_s is not None
             assert t._idle_shells, "the kept shell was started early too"
@@ -75,7 +75,7 @@ def test_connections_nobody_took_over_are_closed_with_the_nodes(sshd_cluster, tm
     inv = _inventory(sshd_cluster, tmp_path)
     kn.connect_early(inv, str(sshd_cluster.ssh_config))
     plan = build_plan(inv)
-    fut97 = next(f for k, f in kn._EARLY.items() if k[0] == "node97")
+    fut97 = next(f for k, (_, f) in kn._EARLY.items() if k[0] == "node97")
     nodes, _ = kn.open_nodes(inv, plan, str(sshd_cluster.ssh_config), names=["node13"], strict=False)
     assert set(nodes) == {"node13"} and len(kn._EARLY) == 1
     t97 = fut97.result()
