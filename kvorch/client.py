@@ -284,10 +284,11 @@ def _on_data(p: _Progress, kind: Kind, data: bytes | str, now: float) -> bool:
     if not isinstance(obj, dict):
         p.failure = f"unexpected stream chunk: {str(obj)[:200]!r}"
         return True
-    err = _error_message(obj)
-    if err is not None:
-        p.failure = f"stream error: {err}"
-        return True
+    if "error" in obj or "message" in obj:  # (the test costs a lookup per chunk; the full check more)
+        err = _error_message(obj)
+        if err is not None:
+            p.failure = f"stream error: {err}"
+            return True
     if p.rid is None and isinstance(obj.get("id"), str):
         p.rid = obj["id"]
     if isinstance(obj.get("usage"), dict):
