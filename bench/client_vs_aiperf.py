@@ -126,6 +126,22 @@ def start_sim(port: int, log: Path) -> subprocess.Popen:
     raise RuntimeError(f"sim engine did not start; see {log}")
 
 
+def start_raw(port: int, log: Path, ttft_ms: float, itl_ms: float) -> subprocess.Popen:
+    """bench/raw_sse_server.py: a server that does not queue (see its docstring)."""
+    argv = [sys.executable, str(ROOT / "bench" / "raw_sse_server.py"), "--port", str(port),
+            "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms)]
+    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5, trust_env=False).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"raw server did not start; see {log}")
+
+
 def server_phase(before: km.Snapshot, after: km.Snapshot) -> dict[str, float | None]:
     ttft = km.histogram_delta(before, after, "ttft_seconds")
     itl = km.histogram_delta(before, after, "itl_seconds")
@@ -156,31 +172,29 @@ def run_client(base: str, c: int, n: int, words: int, out: int, max_s: float, im
 
 def run_aiperf(exe: str, base: str, c: int, n: int, prompt_tokens: int, out: int, tokenizer: str,
                art: Path, max_s: float) -> dict[str, Any]:
+    """AIPerf with the harness kind's command line (kvorch/scenarios/kinds/harness.py) and its
+    reading of AIPerf's result file; the ITL mean (the harness reports p50/p99) from the same file."""
+    from kvorch.scenarios.kinds import harness
+
     shutil.rmtree(art, ignore_errors=True)
-    argv = [exe, "profile", "--model", MODEL, "--url", base, "--endpoint-type", "completions", "--streaming",
-            "--concurrency", str(c), "--request-count", str(n),
-            "--prompt-input-tokens-mean", str(prompt_tokens), "--prompt-input-tokens-stddev", "0",
-            "--prompt-output-tokens-mean", str(out), "--prompt-output-tokens-stddev", "0",
-            "--tokenizer", tokenizer, "--output-artifact-dir", str(art), "--ui-type", "none",
-            "--no-gpu-telemetry", "--random-seed", "0", "--extra-inputs", "ignore_eos:true"]
+    art.mkdir(parents=True)
+    params = harness.Params(tool="aiperf", command=exe, requests=n, concurrency=c, prompt_tokens=prompt_tokens,
+                            output_tokens=out, goodput_ttft_ms=None, tokenizer=tokenizer, compare=False, timeout_s=max_s)
+    argv = harness.command_line(params, exe, base + "/v1", MODEL, tokenizer, art, {})
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_HUB_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", NO_PROXY="127.0.0.1,localhost",
                AIPERF_UI_TYPE="none")
     t0 = time.perf_counter()
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=max_s + 120, env=env)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=max_s + 120, env=env, cwd=art)
     wall = time.perf_counter() - t0
+    nums = harness.parse("aiperf", art)
     f = next(iter(sorted(art.rglob("profile_export_aiperf.json"))), None)
     if r.returncode != 0 or f is None:
         raise RuntimeError(f"aiperf failed ({r.returncode}): {(r.stderr or r.stdout)[-2000:]}")
-    d = json.loads(f.read_text())
-
-    def g(metric: str, stat: str) -> float | None:
-        v = d.get(metric)
-        return float(v[stat]) if isinstance(v, dict) and v.get(stat) is not None else None
-
-    return {"requests": g("request_count", "avg"), "req_per_s": g("request_throughput", "avg"),
-            "ttft_p50_ms": g("time_to_first_token", "p50"), "itl_p50_ms": g("inter_token_latency", "p50"),
-            "itl_mean_ms": g("inter_token_latency", "avg"),
+    itl = json.loads(f.read_text()).get("inter_token_latency")
+    return {"requests": nums["completed"], "req_per_s": nums["requests_per_s"], "ttft_p50_ms": nums["ttft_p50_ms"],
+            "itl_p50_ms": nums["itl_p50_ms"],
+            "itl_mean_ms": float(itl["avg"]) if isinstance(itl, dict) and itl.get("avg") is not None else None,
             "wall_s": wall}
 
 
@@ -197,15 +211,28 @@ def tokenizer_dir(tmp: Path) -> str:
     return str(tdir)
 
 
-def phase(tool: str, fn, metrics_url: str) -> dict[str, Any]:
-    before = km.scrape(metrics_url)
+def phase(tool: str, fn, metrics_url: str, raw: bool = False) -> dict[str, Any]:
+    """One tool's run, with the server's own view of the same phase: the sim's /metrics
+    histograms, or the raw server's /stats (its first-byte times, p50 against p50)."""
+    base = metrics_url.rsplit("/", 1)[0]
+    if raw:
+        httpx.post(base + "/stats/reset", timeout=5, trust_env=False)
+    else:
+        before = km.scrape(metrics_url)
     c0 = children_cpu()
     res = fn()
     res["cpu_s"] = children_cpu() - c0
-    after = km.scrape(metrics_url)
-    res.update(server_phase(before, after))
-    if res.get("ttft_p50_ms") is not None and res.get("server_ttft_mean_ms") is not None:
-        res["overhead_ms"] = res["ttft_p50_ms"] - res["server_ttft_mean_ms"]
+    if raw:
+        st = httpx.get(base + "/stats", timeout=5, trust_env=False).json()
+        res.update(server_ttft_mean_ms=st["first_byte_mean_ms"], server_ttft_p50_ms=st["first_byte_p50_ms"],
+                   server_requests=st["count"], server_loop_lag_p50_ms=st["loop_lag_p50_ms"],
+                   server_loop_lag_p90_ms=st["loop_lag_p90_ms"])
+    else:
+        after = km.scrape(metrics_url)
+        res.update(server_phase(before, after))
+    ref = res.get("server_ttft_p50_ms") if raw else res.get("server_ttft_mean_ms")
+    if res.get("ttft_p50_ms") is not None and ref is not None:
+        res["overhead_ms"] = res["ttft_p50_ms"] - ref
     # ITL: mean against mean (a server catching up emits several tokens back to back: gaps of ~0 that
     # make a median meaningless, on both sides)
     if res.get("itl_mean_ms") is not None and res.get("server_itl_mean_ms") is not None:
@@ -246,8 +273,15 @@ def main() -> int:
     ap.add_argument("--tools", nargs="+", default=["client", "aiperf"],
                     choices=["client", "client-httpx", "aiperf"],
                     help="client-httpx: the client with KVORCH_CLIENT=httpx (the previous path), for comparison")
-    ap.add_argument("--out", default=str(RESULTS / "client_vs_aiperf.json"))
+    ap.add_argument("--server", choices=["sim", "raw"], default="sim",
+                    help="raw: bench/raw_sse_server.py, which does not queue (is the overhead the client's or the "
+                         "sim's?); overhead then = TTFT p50 − the raw server's first-byte p50")
+    ap.add_argument("--raw-ttft-ms", type=float, default=5.0)
+    ap.add_argument("--raw-itl-ms", type=float, default=2.0)
+    ap.add_argument("--out", default=None, help="default bench/results/client_vs_aiperf.json (raw: client_vs_raw_server.json)")
     a = ap.parse_args()
+    raw = a.server == "raw"
+    a.out = a.out or str(RESULTS / ("client_vs_raw_server.json" if raw else "client_vs_aiperf.json"))
     defaults = {1: 60, 16: 400, 64: 1200, 256: 2000}
     if a.quick:
         a.rounds = 1
@@ -266,7 +300,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="kvorch-bench-aiperf-") as tmpd:
         tmp = Path(tmpd)
         port = free_port()
-        sim = start_sim(port, tmp / "sim.log")
+        sim = (start_raw(port, tmp / "raw.log", a.raw_ttft_ms, a.raw_itl_ms) if raw
+               else start_sim(port, tmp / "sim.log"))
         base = f"http://127.0.0.1:{port}"
         murl = base + "/metrics"
         try:
@@ -277,12 +312,12 @@ def main() -> int:
             # warm-up, both tools once, small (imports, first connections), and calibration: each tool
             # sized so that the server counts --prompt-tokens per prompt (tokenizers differ: the sim
             # counts AIPerf's 230 tokens of its tokenizer as ~113)
-            w = phase("client", lambda: run_client(base + "/v1", 4, 20, words, 4, 30), murl)
+            w = phase("client", lambda: run_client(base + "/v1", 4, 20, words, 4, 30), murl, raw)
             per_word = (w.get("server_prompt_tokens") or words) / (words + 1)
             words = max(1, round(a.prompt_tokens / per_word) - 1)
             aiperf_tokens = a.prompt_tokens
             if exe:
-                w = phase("aiperf", lambda: run_aiperf(exe, base, 4, 20, a.prompt_tokens, 4, tok, tmp / "aiperf", 60), murl)
+                w = phase("aiperf", lambda: run_aiperf(exe, base, 4, 20, a.prompt_tokens, 4, tok, tmp / "aiperf", 60), murl, raw)
                 ratio = (w.get("server_prompt_tokens") or a.prompt_tokens) / a.prompt_tokens
                 aiperf_tokens = max(1, round(a.prompt_tokens / ratio))
             print(f"calibrated: client prompts of {words} words, AIPerf --prompt-input-tokens-mean {aiperf_tokens} "
@@ -299,7 +334,7 @@ def main() -> int:
                         else:
                             fn = lambda: run_aiperf(exe, base, c, n, aiperf_tokens, out, tok,  # noqa: E731
                                                     tmp / "aiperf", a.max_seconds)
-                        r = phase(tool, fn, murl)
+                        r = phase(tool, fn, murl, raw)
                         r.update(round=rnd, concurrency=c, requests_asked=n, output_tokens=out)
                         rows.append(r)
                         print(f"  round {rnd} c={c:<3} out={out:<3} {tool:6} {r.get('req_per_s') or 0:7.1f} req/s  "
@@ -316,9 +351,12 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 sim.kill()
     machine["load_avg_end"] = os.getloadavg()[0]
+    machine["server"] = (f"bench/raw_sse_server.py (TTFT {a.raw_ttft_ms} ms, ITL {a.raw_itl_ms} ms)" if raw
+                         else "kvorch.sim.engine")
     machine["calibration"] = {"client_words": words, "aiperf_prompt_input_tokens_mean": aiperf_tokens}
 
-    print(f"\nmedian of {a.rounds} round(s) (min–max); overhead = TTFT p50 − server's mean TTFT in the same phase")
+    print(f"\nmedian of {a.rounds} round(s) (min–max); overhead = TTFT p50 − "
+          + ("the raw server's first-byte p50" if raw else "server's mean TTFT") + " in the same phase")
     print(f"{'c':>4} {'out':>4} | {'client req/s':>22} {'aiperf req/s':>22} {'ratio':>6} | "
           f"{'client overhead ms':>22} {'aiperf overhead ms':>22} | {'CPU ms/req client':>18} {'aiperf':>18}")
     summary: list[dict[str, Any]] = []

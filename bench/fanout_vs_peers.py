@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import signal
 import socket
 import statistics
@@ -115,6 +116,16 @@ def inventory(cluster: SshdCluster, aliases: list[str], tmp: Path, name: str) ->
             "engines": engines}
 
 
+#: CPU seconds (user + system) of each timed run, by kind: what a run costs whatever the machine's
+#: load (wall times on a shared 2-core machine follow the load)
+CPU: dict[str, list[float]] = {}
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 class Tool:
     def __init__(self, inv: Path, ssh_config: Path, work: Path):
         self.env = {**os.environ, "ORCHESTRATE_STATE": str(work / "state"), "ORCHESTRATE_LOGS": str(work / "logs"),
@@ -123,19 +134,23 @@ class Tool:
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
 
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> tuple[float, subprocess.CompletedProcess]:
+        c0 = _cpu()
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, str(ROOT / "orchestrate.py"), *args], env=self.env,
                            capture_output=True, text=True, timeout=timeout)
         took = time.perf_counter() - t0
+        CPU.setdefault(args[0], []).append(_cpu() - c0)
         if check and r.returncode != 0:
             raise RuntimeError(f"orchestrate {' '.join(args)} failed ({r.returncode}): {r.stderr[-1500:]}{r.stdout[-1500:]}")
         return took, r
 
 
 def peer(script: str, cfg: dict[str, Any]) -> float:
+    c0 = _cpu()
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", script, json.dumps(cfg)], capture_output=True, text=True, timeout=120)
     took = time.perf_counter() - t0
+    CPU.setdefault("fabric" if script is FABRIC else "pssh", []).append(_cpu() - c0)
     if r.returncode != 0:
         raise RuntimeError(f"peer failed: {r.stderr[-1500:]}")
     return took
@@ -174,6 +189,7 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "kvorch")], check=True,
                    stdout=subprocess.DEVNULL)
     results: dict[int, dict[str, list[float]]] = {}
+    cpu_of: dict[int, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="kvorch-bench-fanout-") as tmpd:
         tmp = Path(tmpd)
         n_max = max(a.hosts)
@@ -197,6 +213,7 @@ def main() -> int:
                 if pssh_ok:
                     peer(PSSH, cfg)
                 kinds = ["status", "preflight", "fabric"] + (["pssh"] if pssh_ok else [])
+                CPU.clear()
                 rows: dict[str, list[float]] = {k: [] for k in kinds}
                 for rnd in range(a.rounds):
                     order = kinds[rnd % len(kinds):] + kinds[:rnd % len(kinds)]
@@ -210,6 +227,7 @@ def main() -> int:
                         else:
                             rows[k].append(peer(PSSH, cfg))
                     print(f"  round {rnd}: " + "  ".join(f"{k} {rows[k][-1] * 1000:.0f} ms" for k in kinds), flush=True)
+                cpu_of[n] = {k: list(CPU.get(k, [])[-a.rounds:]) for k in kinds}
                 tool.run("down", "--no-collect", check=False)
                 results[n] = rows
         finally:
@@ -223,7 +241,8 @@ def main() -> int:
         m = {k: med(v) for k, v in rows.items()}
         peers = {k: m[k][0] for k in ("fabric", "pssh") if k in m}
         fastest = min(peers.values())
-        line: dict[str, Any] = {"hosts": n, **{f"{k}_ms": [1000 * x for x in v] for k, v in m.items()}}
+        line: dict[str, Any] = {"hosts": n, **{f"{k}_ms": [1000 * x for x in v] for k, v in m.items()},
+                                **{f"{k}_cpu_ms": [1000 * x for x in med(v)] for k, v in cpu_of.get(n, {}).items() if v}}
         for k in ("status", "preflight"):
             line[f"{k}_over_fastest_peer"] = m[k][0] / fastest
             line[f"{k}_over_slowest_peer"] = m[k][0] / max(peers.values())
@@ -235,6 +254,8 @@ def main() -> int:
         summary.append(line)
         print(f"{n:>3} hosts: " + "  ".join(f"{k} {m[k][0] * 1000:.0f} ({m[k][1] * 1000:.0f}–{m[k][2] * 1000:.0f})"
                                              for k in rows))
+        print("     CPU (user+system of the process and its children), median: " + "  ".join(
+            f"{k} {line[f'{k}_cpu_ms'][0]:.0f} ms" for k in rows if f"{k}_cpu_ms" in line))
         print(f"RATIO {n} hosts: status/fastest peer {line['status_over_fastest_peer']:.2f}, "
               f"preflight/fastest peer {line['preflight_over_fastest_peer']:.2f} (goal {line['goal']}: "
               f"{'MET' if met else 'NOT MET'})")

@@ -234,7 +234,7 @@ class _Progress:
     """Mutable state of one streaming request, kept outside the timed-out coroutine."""
 
     __slots__ = ("t_call", "t0", "wall0", "sent", "last", "text", "itl", "ttft", "chunks", "usage", "finish", "rid",
-                 "http", "token_ids", "top_logprobs", "t_end", "done", "failure")
+                 "http", "error_body", "token_ids", "top_logprobs", "t_end", "done", "failure")
 
     def __init__(self) -> None:
         self.t_call = time.perf_counter()
@@ -250,6 +250,7 @@ class _Progress:
         self.finish: str | None = None
         self.rid: str | None = None
         self.http: int | None = None
+        self.error_body: bytes | None = None  # the body of an HTTP error (status >= 400)
         self.token_ids: list[int] | None = None
         self.top_logprobs: list[dict[str, float]] | None = None
         self.t_end: float | None = None  # when [DONE] (or the error chunk) arrived
@@ -283,10 +284,11 @@ def _on_data(p: _Progress, kind: Kind, data: bytes | str, now: float) -> bool:
     if not isinstance(obj, dict):
         p.failure = f"unexpected stream chunk: {str(obj)[:200]!r}"
         return True
-    err = _error_message(obj)
-    if err is not None:
-        p.failure = f"stream error: {err}"
-        return True
+    if "error" in obj or "message" in obj:  # (the test costs a lookup per chunk; the full check more)
+        err = _error_message(obj)
+        if err is not None:
+            p.failure = f"stream error: {err}"
+            return True
     if p.rid is None and isinstance(obj.get("id"), str):
         p.rid = obj["id"]
     if isinstance(obj.get("usage"), dict):
@@ -343,7 +345,7 @@ async def _stream_h1(
     kind: Kind,
     p: _Progress,
     read_timeout: float,
-) -> tuple[Status, str | None]:
+) -> None:
     """The lean path (:mod:`kvorch.h1`): chunks are timed where their bytes arrive."""
     u = urlsplit(url)
     path = u.path + (f"?{u.query}" if u.query else "")
@@ -359,12 +361,7 @@ async def _stream_h1(
     p.http = resp.status
     p.t_end = resp.ended_at
     if resp.status >= 400:
-        return "error", _http_error(resp.status, bytes(resp.body))
-    if p.failure is not None:
-        return "error", p.failure
-    if not p.done:
-        return "error", "stream ended without [DONE]"
-    return "ok", None
+        p.error_body = bytes(resp.body)
 
 
 async def _stream_httpx(
@@ -375,7 +372,7 @@ async def _stream_httpx(
     kind: Kind,
     p: _Progress,
     read_timeout: float,
-) -> tuple[Status, str | None]:
+) -> None:
     """Through httpx (TLS, proxies, custom transports): chunks are timed when httpx yields them."""
     import httpx
 
@@ -384,7 +381,8 @@ async def _stream_httpx(
                              extensions={"trace": p.trace}) as resp:
         p.http = resp.status_code
         if resp.status_code >= 400:
-            return "error", _http_error(resp.status_code, await resp.aread())
+            p.error_body = await resp.aread()
+            return
         async for line in resp.aiter_lines():
             if p.t_end is not None or not line.startswith("data:"):
                 continue  # after [DONE]: read the message's end, so httpx can keep the connection
@@ -392,10 +390,16 @@ async def _stream_httpx(
                 p.t_end = time.perf_counter()
                 if p.failure is not None:
                     break
-        if p.failure is not None:
-            return "error", p.failure
-        if not p.done:
-            return "error", "stream ended without [DONE]"
+
+
+def _outcome(p: _Progress) -> tuple[Status, str | None]:
+    """What a finished stream (either path) amounts to: ok, or the error to record."""
+    if p.http is not None and p.http >= 400:
+        return "error", _http_error(p.http, p.error_body or b"")
+    if p.failure is not None:
+        return "error", p.failure
+    if not p.done:
+        return "error", "stream ended without [DONE]"
     return "ok", None
 
 
@@ -501,7 +505,8 @@ async def send(
             coro = _stream_h1(pool, url, body, hdrs, kind, p, read_timeout=timeout)
         else:
             coro = _stream_httpx(client, url, body, hdrs, kind, p, read_timeout=timeout)
-        status, error = await asyncio.wait_for(coro, timeout)
+        await asyncio.wait_for(coro, timeout)
+        status, error = _outcome(p)
     except (asyncio.TimeoutError, httpx.TimeoutException) as e:
         status, error = "timeout", f"no complete answer within {timeout:g} s ({type(e).__name__})"
     except (httpx.HTTPError, H1Error) as e:

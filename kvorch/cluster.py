@@ -345,7 +345,7 @@ def down(c: Session, plan: Plan, *, collect: bool = True, grace: float = 10.0) -
 
 
 def status_rows(plan: Plan, nodes: dict[str, Node], expected: dict[str, list[int]] | None = None) -> list[dict[str, Any]]:
-    from .evidence import strip_ansi
+    from .fmt import strip_ansi
     from .hosts.parallel import run_parallel
 
     def host_rows(node: Node) -> list[dict[str, Any]]:

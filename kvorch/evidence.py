@@ -54,6 +54,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .client import RequestRecord, server_request_ids
+from .fmt import strip_ansi
 
 __all__ = [
     "LogEvent",
@@ -81,7 +82,6 @@ EventKind = Literal[
     "vllm_aborted",
 ]
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 #: Request ids as they appear in lines: no whitespace, no comma, no closing bracket.
 _ID = r"[^\s,\]]+"
@@ -143,10 +143,6 @@ _KEYWORDS = (
 
 #: vLLM V1 appends "-" + 8 hex chars to every request id (InputProcessor.assign_request_id).
 _RANDOM_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
-
-
-def strip_ansi(text: str) -> str:
-    return _ANSI.sub("", text)
 
 
 class LogEvent(BaseModel):

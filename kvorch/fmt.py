@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """The text without terminal escape sequences (colours, cursor moves)."""
+    return _ANSI.sub("", text)
 
 
 def human_bytes(n: Any, none: str = "-") -> str:

@@ -52,16 +52,20 @@ def ssh_overrides(inv: Inventory, host: str, insecure: bool = False) -> dict[str
     return {k: v for k, v in o.items() if v is not None}
 
 
-def _ssh_transport(inv: Inventory, name: str, address: str, ssh_config: str | None):
-    from .hosts.ssh import SshTransport
+def _ssh_settings(inv: Inventory, name: str, address: str, ssh_config: str | None):
     from .hosts.ssh_config import resolve_ssh_settings
 
     spec = inv.hosts[name].ssh
     try:
-        settings = resolve_ssh_settings(spec.alias or address, ssh_config, ssh_overrides(inv, name))
+        return resolve_ssh_settings(spec.alias or address, ssh_config, ssh_overrides(inv, name))
     except FileNotFoundError as e:
         raise UserError(str(e), hint="pass an existing file with --ssh-config (or ORCHESTRATE_SSH_CONFIG)") from None
-    return SshTransport(settings, name=name)
+
+
+def _ssh_transport(inv: Inventory, name: str, address: str, ssh_config: str | None):
+    from .hosts.ssh import SshTransport
+
+    return SshTransport(_ssh_settings(inv, name, address, ssh_config), name=name)
 
 
 def _transport(inv: Inventory, hp: HostPlan, ssh_config: str | None):
@@ -71,57 +75,123 @@ def _transport(inv: Inventory, hp: HostPlan, ssh_config: str | None):
         return LocalTransport(name=hp.name)
     early = _EARLY.pop((hp.name, hp.address, ssh_config), None)
     if early is not None:
-        return early.result()  # opened (or failed: the same error connect() would have raised)
+        settings, fut = early
+        if settings == _ssh_settings(inv, hp.name, hp.address, ssh_config):
+            return fut.result()  # opened (or failed: the same error connect() would have raised)
+        _discard(fut)  # a prediction that no longer holds: its connection is not used
     return _ssh_transport(inv, hp.name, hp.address, ssh_config)
 
 
-#: connections begun by :func:`connect_early`, by (host name, address, ssh_config)
-_EARLY: dict[tuple[str, str, str | None], Any] = {}
+#: connections begun by :func:`connect_early` / :func:`connect_predicted`, by (host name,
+#: address, ssh_config): (the settings they were opened with, the future transport)
+_EARLY: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
 
 
-def connect_early(inv: Inventory, ssh_config: str | None) -> None:
+def _discard(fut: Any) -> None:
+    """Close an early connection nobody takes over, when it has finished opening."""
+    def close(f: Any) -> None:
+        try:
+            f.result().close()
+        except BaseException:  # noqa: BLE001 - its error was nobody's
+            pass
+
+    fut.add_done_callback(close)
+
+
+def _begin(key: tuple[str, str, str | None], settings: Any) -> None:
+    """Open an SSH connection to ``settings`` in a background thread, and its kept shell."""
+    from concurrent.futures import Future
+    import threading
+
+    from .hosts.ssh import SshTransport
+
+    fut: Future[Any] = Future()
+    name = key[0]
+
+    def work() -> None:
+        t = None
+        try:
+            t = SshTransport(settings, name=name)
+            t.open()
+            # the first command starts the connection's kept shell (through the login shell,
+            # which reads ~/.bashrc): have it ready too
+            t.run(":", timeout=t.settings.connect_timeout + 30.0)
+            fut.set_result(t)
+        except BaseException as exc:  # noqa: BLE001 - handed to open_nodes
+            if t is not None:
+                t.close()
+            fut.set_exception(exc)
+
+    _EARLY[key] = (settings, fut)
+    threading.Thread(target=work, name=f"kvorch-connect-{name}", daemon=True).start()
+
+
+def connect_early(inv: Inventory, ssh_config: str | None, *, inventory_path: str | None = None) -> None:
     """Begin connecting to every SSH host of ``inv`` now, one background thread each.
 
     A short command (``status``, ``preflight``) spends most of its time importing and building
     the plan, then connecting; begun first, the SSH handshakes (the remote side's work: sshd,
     key exchange, authentication, the login shell) overlap the rest of the start-up. :func:`open_nodes` takes the
     connection (or its error) over. paramiko is imported here, in the calling thread, so that
-    no two threads import the same modules at once."""
+    no two threads import the same modules at once. Hosts :func:`connect_predicted` is already
+    connecting to with the same settings are left to it. With ``inventory_path`` (the file
+    ``inv`` was loaded from), the hosts are remembered for the next command's
+    :func:`connect_predicted`."""
     if not any(h.connector == "ssh" for h in inv.hosts.values()):
         return  # nothing to connect, and no paramiko to import
-    from concurrent.futures import Future
-    import threading
-
     from .hosts import ssh as _  # noqa: F401 - see the docstring
 
+    remembered = []
     for name, h in inv.hosts.items():
-        key = (name, h.address, ssh_config)
-        if h.connector != "ssh" or key in _EARLY:
+        if h.connector != "ssh":
             continue
-        fut: Future[Any] = Future()
+        key = (name, h.address, ssh_config)
+        try:
+            settings = _ssh_settings(inv, name, h.address, ssh_config)
+        except UserError:
+            continue  # open_nodes reports it
+        remembered.append({"name": name, "address": h.address, "settings": settings.model_dump(mode="json")})
+        if key in _EARLY:
+            if _EARLY[key][0] == settings:
+                continue
+            _discard(_EARLY.pop(key)[1])
+        _begin(key, settings)
+    if inventory_path is not None:
+        from . import connect_cache
 
-        def work(name: str = name, address: str = h.address, fut: Future[Any] = fut) -> None:
-            t = None
-            try:
-                t = _ssh_transport(inv, name, address, ssh_config)
-                t.open()
-                # the first command starts the connection's kept shell (through the login shell,
-                # which reads ~/.bashrc): have it ready too
-                t.run(":", timeout=t.settings.connect_timeout + 30.0)
-                fut.set_result(t)
-            except BaseException as exc:  # noqa: BLE001 - handed to open_nodes
-                if t is not None:
-                    t.close()
-                fut.set_exception(exc)
+        connect_cache.remember(inventory_path, ssh_config, remembered)
 
-        _EARLY[key] = fut
-        threading.Thread(target=work, name=f"kvorch-connect-{name}", daemon=True).start()
+
+def connect_predicted(inventory_path: str, ssh_config: str | None) -> int:
+    """Begin connecting to the SSH hosts this inventory file (these very bytes, this ssh_config)
+    resolved to when it was last validated (:mod:`kvorch.connect_cache`), before it is loaded
+    again: the handshakes overlap the validation. Returns how many connections were begun.
+    :func:`open_nodes` uses one only if the validated inventory resolves to the same settings."""
+    from . import connect_cache
+
+    hosts = connect_cache.lookup(inventory_path, ssh_config)
+    if not hosts:
+        return 0
+    from .hosts import ssh as _  # noqa: F401 - imported in this thread, see connect_early
+    from .hosts.ssh_config import SshSettings
+
+    begun = 0
+    for h in hosts:
+        try:
+            key = (str(h["name"]), str(h["address"]), ssh_config)
+            settings = SshSettings.model_validate(h["settings"])
+        except Exception:  # noqa: BLE001 - a damaged entry predicts nothing
+            continue
+        if key not in _EARLY:
+            _begin(key, settings)
+            begun += 1
+    return begun
 
 
 def close_early() -> None:
     """Close connections :func:`connect_early` made that nobody took over."""
     while _EARLY:
-        _, fut = _EARLY.popitem()
+        _, (_, fut) = _EARLY.popitem()
         try:
             fut.result().close()
         except BaseException:  # noqa: BLE001 - closing is best effort; its error was nobody's

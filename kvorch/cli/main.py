@@ -43,10 +43,14 @@ class Ctx(Session):
     def start_events(self) -> None:
         from .progress import RichEvents
 
-        self.events = RichEvents(self.console(), quiet=self.as_json, verbose=self.verbose)
+        self.events = RichEvents(self.console, quiet=self.as_json, verbose=self.verbose)
 
     def emit_json(self, data: Any) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+    def emit_text(self, text: str) -> None:
+        """Plain text (click.style colours; dropped when stdout is not a terminal)."""
+        click.echo(text)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -61,6 +65,22 @@ def _json_option(f):
 
     return click.option("--json", "as_json", is_flag=True, expose_value=False, callback=callback,
                         help="print JSON for scripts")(f)
+
+
+def skip_pydantic_plugin_scan() -> None:
+    """The command line loads no pydantic plugins: finding them reads the entry points of every
+    installed distribution (~50 ms in a venv with vLLM), once per start, for plugins (tracing,
+    logfire) that have nothing to trace in a short command. ``PYDANTIC_DISABLE_PLUGINS`` set by
+    the user is left to pydantic. (The environment is not touched: processes started on a
+    local host inherit it unchanged.) The library, imported by a user's program, still loads them."""
+    if "PYDANTIC_DISABLE_PLUGINS" in os.environ:
+        return
+    try:
+        from pydantic.plugin import _loader
+    except ImportError:  # pragma: no cover - a pydantic without plugin support
+        return
+    if getattr(_loader, "_plugins", {}) is None:
+        _loader._plugins = {}  # what pydantic itself caches after a scan that found none
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -83,6 +103,7 @@ def cli(ctx: click.Context, inventory_path: str, ssh_config: str | None, verbose
       orchestrate collect            pull logs, metrics, configs, versions into logs/<run-id>/
       orchestrate down               stop everything this tool started
     """
+    skip_pydantic_plugin_scan()
     ctx.obj = Ctx(inventory_path=inventory_path, ssh_config=ssh_config, verbose=verbose, as_json=as_json)
     ctx.call_on_close(lambda: getattr(ctx.obj.events, "close", lambda: None)())
 
@@ -164,6 +185,26 @@ def _emit(c: Ctx, result: Any, show: Any) -> None:
         sys.exit(1)
 
 
+def _connect_first(c: Ctx) -> None:
+    """Begin the SSH handshakes first (the hosts' sshd and login shells then work while this
+    process imports, validates and plans): to the hosts this very inventory file connected to
+    last time, before it is validated, then to every host of the validated inventory."""
+    from ..nodes import connect_early, connect_predicted
+
+    connect_predicted(c.inventory_path, c.ssh_config)
+    connect_early(c.inventory(), c.ssh_config, inventory_path=c.inventory_path)
+
+
+def _emit_text(c: Ctx, result: Any, text: Any) -> None:
+    """As :func:`_emit`, for results shown as plain text: ``text(result)`` (no rich)."""
+    if c.as_json:
+        c.emit_json(result.to_json())
+    else:
+        c.emit_text(text(result))
+    if not result.ok:
+        sys.exit(1)
+
+
 # ------------------------------------------------------------------------------------------------
 # lifecycle
 
@@ -177,9 +218,7 @@ def _emit(c: Ctx, result: Any, show: Any) -> None:
 def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
     """Preflight, upload, start the controller, then the engines; wait until all are healthy."""
     if not dry_run:
-        from ..nodes import connect_early
-
-        connect_early(c.inventory(), c.ssh_config)  # the handshakes overlap building the plan
+        _connect_first(c)
     plan = c.plan()
     if dry_run:
         if c.as_json:
@@ -189,14 +228,15 @@ def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
         return
     from .. import cluster
     from ..errors import PreflightFailed
-    from .output import print_checks, print_up
+    from .output import print_up
+    from .plain import format_checks, terminal_width
 
     c.start_events()
     try:
         result = cluster.up(c, plan, timeout=timeout, preflight=not skip_preflight)
     except PreflightFailed as e:
         if not c.as_json:
-            print_checks(c.console(), e.checks)
+            c.emit_text(format_checks(e.checks, terminal_width()))
         raise
     _emit(c, result, lambda con, r: print_up(con, plan, r.to_json(), c.verbose))
 
@@ -206,14 +246,12 @@ def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
 @pass_ctx
 def preflight(c: Ctx) -> None:
     """Check every host: reachable, versions equal, PYTHONHASHSEED, ports free, GPUs, disk."""
+    _connect_first(c)
     from .. import preflight as preflight_mod
-    from .output import print_checks
-    from ..nodes import connect_early
-
-    connect_early(c.inventory(), c.ssh_config)  # the handshakes overlap building the plan
+    from .plain import format_checks, terminal_width
 
     c.start_events()
-    _emit(c, preflight_mod.preflight(c, c.plan()), lambda con, r: print_checks(con, r.checks))
+    _emit_text(c, preflight_mod.preflight(c, c.plan()), lambda r: format_checks(r.checks, terminal_width()))
 
 
 @cli.command()
@@ -221,14 +259,12 @@ def preflight(c: Ctx) -> None:
 @pass_ctx
 def status(c: Ctx) -> None:
     """Per process: running / dead / unhealthy, uptime, port, last log line."""
+    _connect_first(c)
     from .. import cluster
-    from .output import print_status
-    from ..nodes import connect_early
-
-    connect_early(c.inventory(), c.ssh_config)  # the handshakes overlap building the plan
+    from .plain import format_status, terminal_width
 
     c.start_events()
-    _emit(c, cluster.status(c, c.plan()), lambda con, r: print_status(con, r.to_json()))
+    _emit_text(c, cluster.status(c, c.plan()), lambda r: format_status(r.to_json(), terminal_width()))
 
 
 @cli.command()
@@ -518,7 +554,17 @@ def _interrupt(signum: int, _frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import gc
     import signal
+
+    # Start-up allocates ~45k objects that live as long as the process (modules, models, their
+    # schemas): with the default threshold (700) the collector walks them dozens of times while
+    # importing (~10 % of a short command's CPU). The program (not a caller's process: argv given)
+    # collects rarely instead, and leaves them out of every later collection, the one at exit
+    # included (gc.freeze in the finally below).
+    program = argv is None
+    if program:
+        gc.set_threshold(max(gc.get_threshold()[0], 50_000), *gc.get_threshold()[1:])
 
     verbose = sum(1 for a in (argv if argv is not None else sys.argv[1:]) if a in ("-v", "--verbose") or a.startswith("-vv"))
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -534,6 +580,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:  # the work is done (or rolled back): another Ctrl-C must not cut the last words short
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_IGN)
+            if program:
+                gc.freeze()
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)

@@ -1,5 +1,6 @@
-"""Everything the command line shows: rich tables and lines built from the library's results.
-The only place (with progress.py and main.py) that imports rich."""
+"""What the longer commands show: rich tables and lines built from the library's results.
+The only place (with progress.py, views.py and main.py) that imports rich. ``status`` and
+``preflight`` print plain text (plain.py): a short command should not pay rich's imports."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..collect import _human
-from ..report import _fmt
+from ..fmt import human_bytes as _human
 
 
 def print_up(con: Console, plan: Any, data: dict[str, Any], verbose: int) -> None:
@@ -32,29 +32,6 @@ def print_up(con: Console, plan: Any, data: dict[str, Any], verbose: int) -> Non
                       style="dim")
 
 
-def print_status(con: Console, data: dict[str, Any]) -> None:
-    rows = data["processes"]
-    t = Table(title=f"cluster {data['cluster']}" + (f" (run {data['run_id']})" if data.get("run_id") else ""),
-              title_justify="left")
-    for col in ("process", "host", "pid", "serves", "port", "state", "uptime", "last log line"):
-        t.add_column(col, overflow="fold")
-    host_errors = [r for r in rows if r["process"] == "*"]
-    for r in rows:
-        if r["process"] == "*":
-            continue
-        st = r["state"]
-        colour = "green" if st == "running" else ("yellow" if st in ("absent",) else "red")
-        up_s = r.get("uptime_s")
-        shown = f"[{colour}]{st}[/]" + (f" [dim]{r['detail']}[/]" if r.get("detail") and st != "running" else "")
-        t.add_row(r["process"], r["host"], str(r.get("pid") or "-"), str(r.get("server_pid") or "-"),
-                  str(r.get("port") or "-"), shown, f"{up_s:.0f} s" if up_s is not None else "-",
-                  (r.get("last_log_line") or r.get("error") or "")[:120])
-    if t.row_count:
-        con.print(t)
-    for r in host_errors:
-        con.print(f"[red]{r['host']}:[/] {r.get('error') or r['state']}")
-
-
 def print_down(con: Console, cluster: str, data: dict[str, Any]) -> None:
     for name, r in data["stopped"].items():
         con.print(f"{name:>14} on {r.get('host', '?')}: {r['result']}" + (f" ({r['seconds']} s)" if "seconds" in r else ""))
@@ -64,16 +41,6 @@ def print_down(con: Console, cluster: str, data: dict[str, Any]) -> None:
         con.print(f"[red]still there:[/] {item}")
     if not data["unreachable"] and not data["leftovers"]:
         con.print(f"cluster [cyan]{cluster}[/] is down: nothing of ours runs, every planned port is free")
-
-
-def print_checks(con: Console, checks: list[Any]) -> None:
-    t = Table(title="preflight", title_justify="left")
-    for col in ("host", "check", "", "detail", "fix"):
-        t.add_column(col, overflow="fold")
-    colour = {"ok": "green", "warn": "yellow", "fail": "red"}
-    for ch in checks:
-        t.add_row(ch.host, ch.name, f"[{colour[ch.status]}]{ch.status}[/]", ch.detail, ch.hint or "")
-    con.print(t)
 
 
 def print_scenarios(con: Console, rows: list[dict[str, Any]]) -> None:
@@ -181,6 +148,8 @@ def print_report(con: Console, info: dict[str, Any], rd: Any) -> None:
 
 
 def print_compare(con: Console, a: Any, b: Any, res: dict[str, Any]) -> None:
+    from ..report import _fmt
+
     from rich.markup import escape as esc
 
     con.print(f"A = {a.run_id}  ({a.dir})\nB = {b.run_id}  ({b.dir})")

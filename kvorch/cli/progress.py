@@ -1,25 +1,37 @@
 """The command line's :class:`~kvorch.events.Events`: rich progress while processes become healthy,
 a spinner while a scenario runs, and the library's words on the console (stdout; stderr with --json,
-which keeps stdout for the JSON)."""
+which keeps stdout for the JSON). rich is imported when something is first shown: a command
+that shows nothing on the way (``status``) never loads it."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..events import Events
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
 
 class RichEvents(Events):
-    def __init__(self, console: Console, *, quiet: bool = False, verbose: int = 0):
-        self.con = console
+    def __init__(self, console: Callable[[], Console], *, quiet: bool = False, verbose: int = 0):
+        self._console = console
         self.quiet = quiet  # --json: no progress bars (the words still go to stderr)
         self.verbose = verbose
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
         self._status: Any = None
+
+    @property
+    def con(self) -> Console:
+        return self._console()
 
     # ---- health waits
     def waiting(self, process: str, url: str) -> None:

@@ -1,7 +1,8 @@
 """Host connectors: one small Transport interface (local | ssh) and HostOps built on it.
 
-The SSH transport (paramiko, Fabric: ~0.2 s to import) is loaded on first use, so a cluster of
-local hosts never pays for it."""
+Names are imported on first use (PEP 562): ``import kvorch.hosts.ssh`` — what a command imports
+first, to begin its SSH handshakes — pays for paramiko and the SSH settings only, not for
+HostOps's models or the local transport; a cluster of local hosts never loads paramiko."""
 
 from typing import Any
 
@@ -15,22 +16,31 @@ from .base import (
     RunResult,
     Transport,
 )
-from .local import LocalTransport
-from .ops import FACT_PACKAGES, GpuInfo, HostFacts, HostOps, StopResult, q, qpath
-from .parallel import run_parallel
-from .ssh_config import SshSettings, resolve_ssh_settings
+
+_LAZY = {
+    "LocalTransport": "local",
+    "SshTransport": "ssh", "InsecureHostKeyWarning": "ssh",
+    "SshSettings": "ssh_config", "resolve_ssh_settings": "ssh_config",
+    "HostOps": "ops", "HostFacts": "ops", "GpuInfo": "ops", "StopResult": "ops", "FACT_PACKAGES": "ops",
+    "q": "ops", "qpath": "ops",
+    "run_parallel": "parallel",
+}
 
 __all__ = [
     "AuthenticationFailed", "CommandError", "CommandTimeout", "HostError", "HostKeyError",
-    "HostUnreachable", "RunResult", "Transport", "LocalTransport", "SshTransport",
-    "InsecureHostKeyWarning", "SshSettings", "resolve_ssh_settings", "HostOps", "HostFacts",
-    "GpuInfo", "StopResult", "FACT_PACKAGES", "q", "qpath", "run_parallel",
+    "HostUnreachable", "RunResult", "Transport", *_LAZY,
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("SshTransport", "InsecureHostKeyWarning"):
-        from . import ssh
+    if name in _LAZY:
+        import importlib
 
-        return getattr(ssh, name)
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

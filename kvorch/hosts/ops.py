@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import posixpath
 import re
 import shlex
@@ -545,7 +544,7 @@ class HostOps:
         )
         lines.append("pid=$!")
         # return only once the child has made its own process group (or already exited):
-        # a stop_group(pid) right after start_detached must find the whole group
+        # a stop right after start_detached must find the whole group
         lines.append(
             'for _ in $(seq 300); do read -r l 2>/dev/null < /proc/$pid/stat || break; r=${l##*) }; '
             'set -- $r; [ "$3" = "$pid" ] && break; [ "$1" = Z ] && break; sleep 0.01; done')
@@ -624,43 +623,6 @@ class HostOps:
         pgid = _pid(pgid)
         res = self.run(_GROUP_MEMBERS_FN + f"_kv_members {pgid}\n", check=True, what="group members")
         return [int(x) for x in res.stdout.split() if x.isdigit()]
-
-    def stop_group(self, pgid: int, grace_s: float = 10.0, exit_path: str | None = None,
-                   kill_wait_s: float = 5.0) -> StopResult:
-        """SIGTERM the process group, poll until no live member remains, SIGKILL after
-        ``grace_s``; one round trip. ``exit_path`` (relative to workdir): the wrapper's exit-status
-        file, read at the end (143 = stopped by SIGTERM = clean)."""
-        pgid = _pid(pgid)
-        self._refuse_own_group(pgid)
-        grace_us = int(max(grace_s, 0) * 1e6)
-        kill_us = int(max(kill_wait_s, 0.1) * 1e6)
-        read_exit = f"cat -- {qpath(self.path(exit_path))} 2>/dev/null" if exit_path else ":"
-        script = _GROUP_MEMBERS_FN + f"""
-pg={pgid}; t0=$(_kv_now)
-finish() {{
-  echo "result=$1"; echo "elapsed_us=$(( $(_kv_now) - t0 ))"; echo "remaining=$2"; echo "exit=$({read_exit})"
-  exit 0
-}}
-m=$(_kv_members $pg)
-[ -z "${{m// /}}" ] && finish none ""
-kill -TERM -- -$pg 2>/dev/null
-while :; do
-  m=$(_kv_members $pg)
-  [ -z "${{m// /}}" ] && finish term ""
-  [ $(( $(_kv_now) - t0 )) -ge {grace_us} ] && break
-  sleep 0.05
-done
-kill -KILL -- -$pg 2>/dev/null
-t1=$(_kv_now)
-while :; do
-  m=$(_kv_members $pg)
-  [ -z "${{m// /}}" ] && finish kill ""
-  [ $(( $(_kv_now) - t1 )) -ge {kill_us} ] && finish stuck "$m"
-  sleep 0.05
-done
-"""
-        res = self.run(script, timeout=grace_s + kill_wait_s + 30, check=True, what=f"stop group {pgid}")
-        return _stop_result(res.stdout, pgid)
 
     # ---- processes by marker (the truth: a process of ours lives while anything carrying its
     # marker, or any member of such a process's group, lives) -------------------------------------
@@ -743,12 +705,6 @@ done
 """
         res = self.run(script, timeout=grace_s + kill_wait_s + 30, check=True, what="stop marked processes")
         return _stop_result(res.stdout, None)
-
-    def _refuse_own_group(self, pgid: int) -> None:
-        from .local import LocalTransport
-
-        if isinstance(self.t, LocalTransport) and pgid in (os.getpgrp(), os.getpid()):
-            raise ValueError(f"refusing to stop process group {pgid}: it is this program's own")
 
     def read_pid(self, pid_path: str) -> int | None:
         s = (self._read_small(pid_path) or "").strip()

@@ -31,6 +31,15 @@ def _values(marker):
     return [v.format(m=marker) for v in NASTY_VALUES]
 
 
+def _marked(name: str) -> tuple[dict[str, str], str]:
+    """(env for start_detached, the marker stop_marked takes): a marker of this test alone, so that
+    stopping by it can never touch anything else on the machine."""
+    import uuid
+
+    value = f"hostops-test/{name}-{uuid.uuid4().hex[:12]}"
+    return {"ORCHESTRATE_PROCESS": value}, f"ORCHESTRATE_PROCESS={value}"
+
+
 def _wait(pred, timeout=5.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -86,20 +95,22 @@ def test_start_detached_with_metacharacter_paths_and_env(any_ops, tmp_path):
 
 def test_start_detached_returns_the_group_leader_and_writes_the_pidfile(any_ops):
     any_ops.write_file("run/a.sh", "echo started; exec sleep 30\n")
-    pid = any_ops.start_detached("run/a.sh", "logs/a.log", "run/a.pid")
+    env, marker = _marked("a")
+    pid = any_ops.start_detached("run/a.sh", "logs/a.log", "run/a.pid", env=env)
     try:
         assert any_ops.read_pid("run/a.pid") == pid
         assert os.getpgid(pid) == pid and os.getsid(pid) == pid  # own session and group
         assert any_ops.process_state(pid) == "running"
         assert _wait(lambda: any_ops.tail("logs/a.log") == "started\n")
     finally:
-        any_ops.stop_group(pid, 2)
+        any_ops.stop_marked(marker, 2)
 
 
 def test_sigterm_stop_is_clean_with_exit_143(any_ops):
     any_ops.write_file("run/a.sh", "sleep 30\n")
-    pid = any_ops.start_detached("run/a.sh", "logs/a.log", "run/a.pid")
-    r = any_ops.stop_group(pid, grace_s=5, exit_path="run/a.exit")
+    env, marker = _marked("a")
+    pid = any_ops.start_detached("run/a.sh", "logs/a.log", "run/a.pid", env=env)
+    r = any_ops.stop_marked(marker, grace_s=5, exit_path="run/a.exit")
     assert r.was_running and r.signal == "TERM" and not r.forced and r.stopped
     assert r.exit_code == 143 and r.clean
     assert any_ops.process_state(pid) in ("zombie", "dead")
@@ -123,13 +134,14 @@ def test_group_ignoring_sigterm_is_killed_after_grace_children_included(any_ops,
         "wait\n"
     )
     any_ops.write_file("run/stubborn.sh", script)
-    pid = any_ops.start_detached("run/stubborn.sh", "logs/s.log", "run/s.pid")
+    env, marker = _marked("stubborn")
+    pid = any_ops.start_detached("run/stubborn.sh", "logs/s.log", "run/s.pid", env=env)
     kids_file = tmp_path / "work" / "kids"
     assert _wait(lambda: kids_file.exists() and len(kids_file.read_text().split()) == 2)
     kids = [int(x) for x in kids_file.read_text().split()]
     assert set(kids) <= set(any_ops.group_members(pid))
     t0 = time.monotonic()
-    r = any_ops.stop_group(pid, grace_s=0.5, exit_path="run/s.exit")
+    r = any_ops.stop_marked(marker, grace_s=0.5, exit_path="run/s.exit")
     assert r.forced and r.signal == "KILL" and r.stopped and not r.clean
     assert 0.5 <= r.elapsed_s < 5 and time.monotonic() - t0 < 10
     assert all(any_ops.process_state(p) != "running" for p in [pid] + kids)
@@ -138,11 +150,12 @@ def test_group_ignoring_sigterm_is_killed_after_grace_children_included(any_ops,
 
 def test_stopping_a_group_that_is_gone_is_a_no_op(any_ops):
     any_ops.write_file("run/q.sh", "exit 0\n")
-    pid = any_ops.start_detached("run/q.sh", "logs/q.log", "run/q.pid")
+    env, marker = _marked("q")
+    pid = any_ops.start_detached("run/q.sh", "logs/q.log", "run/q.pid", env=env)
     assert _wait(lambda: any_ops.process_state(pid) != "running")
-    r = any_ops.stop_group(pid, 1)
+    r = any_ops.stop_marked(marker, 1)
     assert not r.was_running and r.signal is None and r.stopped and r.clean
-    assert any_ops.stop_group(pid, 1).stopped  # twice is fine
+    assert any_ops.stop_marked(marker, 1).stopped  # twice is fine
 
 
 @pytest.mark.parametrize("via", ["files", "shell"])
@@ -154,7 +167,8 @@ def test_zombie_counts_as_dead_although_kill_0_says_alive(any_ops, tmp_path, via
         "bash -c 'until [ \"$(cat /proc/$PPID/comm)\" = sleep ]; do sleep 0.01; done' &\n"
         "echo $! > zpid\n"
         "exec sleep 30\n"))
-    pid = any_ops.start_detached("run/z.sh", "logs/z.log", "run/z.pid")
+    env, marker = _marked("z")
+    pid = any_ops.start_detached("run/z.sh", "logs/z.log", "run/z.pid", env=env)
     try:
         zfile = tmp_path / "work" / "zpid"
         assert _wait(lambda: zfile.exists() and zfile.read_text().strip())
@@ -164,7 +178,7 @@ def test_zombie_counts_as_dead_although_kill_0_says_alive(any_ops, tmp_path, via
         assert not any_ops.alive(zpid)
         assert zpid not in any_ops.group_members(pid)
     finally:
-        assert any_ops.stop_group(pid, 2).stopped
+        assert any_ops.stop_marked(marker, 2).stopped
 
 
 @pytest.mark.parametrize("via", ["files", "shell"])
@@ -176,15 +190,6 @@ def test_process_state_of_missing_or_reused_pid_is_dead(any_ops, via):
     assert any_ops.process_state(me, pgid=4_000_000) == "dead"
     states = any_ops.process_states([me, 4_000_000])
     assert states == {me: "running", 4_000_000: "dead"}
-
-
-def test_refuses_pid_1_and_own_group():
-    ops = HostOps(LocalTransport(), "/tmp/kvorch-never-used")
-    for bad in (0, 1, -5):
-        with pytest.raises(ValueError):
-            ops.stop_group(bad, 1)
-    with pytest.raises(ValueError):
-        ops.stop_group(os.getpgrp(), 1)
 
 
 # ---- ports ----------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_open_nodes_takes_over_the_connections_begun_early(sshd_cluster, tmp_pat
     try:
         assert errors == {} and set(nodes) == {"node13", "node97"}
         assert kn._EARLY == {}  # taken over, not connected twice
-        for key, fut in early.items():
+        for key, (_, fut) in early.items():
             t = nodes[key[0]].ops.t
             assert t is fut.result() and t.connect_time_s is not None
             assert t._idle_shells, "the kept shell was started early too"
@@ -75,7 +75,7 @@ def test_connections_nobody_took_over_are_closed_with_the_nodes(sshd_cluster, tm
     inv = _inventory(sshd_cluster, tmp_path)
     kn.connect_early(inv, str(sshd_cluster.ssh_config))
     plan = build_plan(inv)
-    fut97 = next(f for k, f in kn._EARLY.items() if k[0] == "node97")
+    fut97 = next(f for k, (_, f) in kn._EARLY.items() if k[0] == "node97")
     nodes, _ = kn.open_nodes(inv, plan, str(sshd_cluster.ssh_config), names=["node13"], strict=False)
     assert set(nodes) == {"node13"} and len(kn._EARLY) == 1
     t97 = fut97.result()
@@ -133,3 +133,56 @@ def test_an_inventory_of_local_hosts_connects_nothing_and_imports_no_paramiko(tm
             "print(len(nodes._EARLY), 'paramiko' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["0", "False"]
+
+
+def _remembering(sshd_cluster, tmp_path, monkeypatch):
+    """An inventory file, its hosts remembered as `status` remembers them (run state present)."""
+    from kvorch import connect_cache
+
+    monkeypatch.setenv("ORCHESTRATE_STATE", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    inv = _inventory(sshd_cluster, tmp_path)
+    path, cfg = str(tmp_path / "inv.yaml"), str(sshd_cluster.ssh_config)
+    kn.connect_early(inv, cfg, inventory_path=path)
+    kn.close_early()
+    assert {h["name"] for h in connect_cache.lookup(path, cfg)} == {"node13", "node97"}
+    return inv, path, cfg
+
+
+def test_connections_predicted_from_the_remembered_hosts_are_taken_over(sshd_cluster, tmp_path, monkeypatch):
+    inv, path, cfg = _remembering(sshd_cluster, tmp_path, monkeypatch)
+    assert kn.connect_predicted(path, cfg) == 2  # before the inventory is loaded again
+    predicted = {k[0]: f for k, (_, f) in kn._EARLY.items()}
+    again = load_inventory(path)
+    kn.connect_early(again, cfg, inventory_path=path)  # the validated inventory agrees: nothing new begun
+    assert {k[0]: f for k, (_, f) in kn._EARLY.items()} == predicted
+    nodes, errors = kn.open_nodes(again, build_plan(again), cfg, strict=False)
+    try:
+        assert errors == {} and kn._EARLY == {}
+        for name, fut in predicted.items():
+            assert nodes[name].ops.t is fut.result()
+            assert nodes[name].ops.run("echo ok").stdout == "ok\n"
+    finally:
+        kn.close_all(nodes)
+
+
+def test_a_prediction_the_validated_inventory_contradicts_is_not_used(sshd_cluster, tmp_path, monkeypatch):
+    from kvorch import connect_cache
+
+    inv, path, cfg = _remembering(sshd_cluster, tmp_path, monkeypatch)
+    hosts = connect_cache.lookup(path, cfg)
+    for h in hosts:  # planted: remembered settings that no longer hold (a port nobody listens on)
+        h["settings"]["port"] = _closed_port()
+    connect_cache.remember(path, cfg, hosts)
+    assert kn.connect_predicted(path, cfg) == 2
+    stale = [f for _, f in kn._EARLY.values()]
+    nodes, errors = kn.open_nodes(inv, build_plan(inv), cfg, strict=False)
+    try:
+        assert errors == {} and set(nodes) == {"node13", "node97"}
+        for n in nodes.values():
+            assert n.ops.t.settings.port == sshd_cluster.port and n.ops.t not in [f.result() for f in stale
+                                                                                  if f.exception() is None]
+            assert n.ops.run("echo ok").stdout == "ok\n"
+        assert all(f.exception() is not None for f in stale)  # they did go to the stale port
+    finally:
+        kn.close_all(nodes)

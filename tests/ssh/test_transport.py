@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -240,14 +241,15 @@ def test_small_files_pids_and_tails_go_through_the_kept_shell_and_only_log_pulls
     try:
         ops = HostOps(t, workdir=str(tmp_path / "w"))
         ops.write_files([("run/a.sh", "echo hello from a\nexec sleep 30\n", 0o755), ("conf/x.yaml", "k: v\n", 0o644)])
-        pid = ops.start_detached("run/a.sh", "logs/a.log", "run/a.pid")
+        marker = f"ORCHESTRATE_PROCESS=transport-test/{uuid.uuid4().hex[:12]}"  # this test's alone
+        pid = ops.start_detached("run/a.sh", "logs/a.log", "run/a.pid", env=dict([marker.split("=", 1)]))
         assert ops.read_pid("run/a.pid") == pid
         assert ops.process_states([pid]) == {pid: "running"}
         deadline = time.monotonic() + 5
         while "hello" not in ops.tail("logs/a.log", 5) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert ops.tail("logs/a.log", 5) == "hello from a\n"
-        ops.stop_group(pid, grace_s=2)
+        ops.stop_marked(marker, grace_s=2)
         assert ops.read_exit_code("run/a.exit") is not None
         assert not t.sftp_started
         assert ops.read_from("logs/a.log").startswith(b"hello from a\n")  # a log pull: SFTP

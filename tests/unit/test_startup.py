@@ -1,0 +1,128 @@
+"""What a short command does not pay for at start-up, and the behaviour kept while skipping it:
+no Fabric or invoke behind the SSH transport (an ssh_config's ``Match exec`` still runs), no rich
+behind ``status``, no pydantic plugin scan in the command line (the library still loads plugins)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from clusterkit import ROOT, Orch, free_ports, write_inventory
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def _imported(stderr: str) -> set[str]:
+    """Module names from ``python -X importtime`` output."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_the_ssh_transport_imports_neither_fabric_nor_invoke():
+    r = _python("""
+        import sys
+        import kvorch.hosts.ssh
+        print(sorted(m for m in ("fabric", "invoke", "unittest.mock", "asyncio") if m in sys.modules))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_an_ssh_config_match_exec_still_runs_its_command():
+    r = _python("""
+        import kvorch.hosts.ssh
+        import paramiko
+        cfg = paramiko.SSHConfig.from_text('Match exec "exit 0"\\n  User yes\\nMatch exec "exit 1"\\n  Port 2200\\n')
+        found = cfg.lookup("somehost")
+        print(found.get("user"), found.get("port", "22"))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["yes", "22"]  # the first command succeeded, the second failed
+
+
+def test_importing_invoke_after_the_transport_gives_the_real_module():
+    r = _python("""
+        import kvorch.hosts.ssh, paramiko.config
+        import invoke
+        print(invoke.__name__, callable(invoke.run), paramiko.config.invoke.run is invoke.run)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["invoke", "True", "True"]
+
+
+def _local_cluster(tmp_path: Path) -> Orch:
+    name = f"startup{tmp_path.name[-12:]}".replace("_", "").replace("-", "")[:30]
+
+    def m(d):
+        d["cluster"] = name
+        ports = iter(free_ports(16))
+        d["controller"]["port"] = next(ports)
+        d["controller"]["monitor_ports"] = {k: next(ports) for k in d["controller"]["monitor_ports"]}
+        for e in d["engines"]:
+            for k in ("port", "p2p_init_port", "p2p_lookup_port", "worker_port"):
+                e[k] = next(ports)
+        for h in d["hosts"].values():
+            h["workdir"] = str(tmp_path / "hosts")
+    return Orch(tmp_path, write_inventory(tmp_path / "inv.yaml", "inventories/local.yaml", m))
+
+
+def test_status_prints_its_table_without_loading_rich(tmp_path):
+    orch = _local_cluster(tmp_path)
+    r = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "orchestrate.py"), "status"], cwd=tmp_path,
+                       env=orch.env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1  # nothing runs: every process absent
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("cluster startup") and lines[1].split()[:6] == ["process", "host", "pid", "serves", "port", "state"]
+    assert sorted(ln.split()[0] for ln in lines[3:]) == ["controller", "decode", "prefill"]
+    assert all("absent" in ln for ln in lines[3:])
+    assert not {m for m in _imported(r.stderr) if m.split(".")[0] == "rich"}
+
+
+def _planted_plugin(tmp_path: Path) -> Path:
+    """A pydantic plugin, found the way pydantic finds them (an entry point in group
+    ``pydantic``), that writes a file when it is loaded."""
+    site = tmp_path / "site"
+    dist = site / "planted_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: planted-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[pydantic]\nplanted = planted_plugin:plugin\n")
+    marker = tmp_path / "loaded"
+    (site / "planted_plugin.py").write_text(
+        f"open({str(marker)!r}, 'w').write('loaded')\n"
+        "class _P:\n    def new_schema_validator(self, *a, **k):\n        return None, None, None\n"
+        "plugin = _P()\n")
+    return site
+
+
+def test_the_command_line_does_not_scan_for_pydantic_plugins(tmp_path):
+    site = _planted_plugin(tmp_path)
+    orch = _local_cluster(tmp_path)
+    env = {**orch.env(), "PYTHONPATH": f"{ROOT}:{site}"}
+    r = subprocess.run([sys.executable, str(ROOT / "orchestrate.py"), "render", "--out", str(tmp_path / "r")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "loaded").exists()
+
+
+def test_the_library_still_loads_pydantic_plugins(tmp_path):
+    site = _planted_plugin(tmp_path)
+    orch = _local_cluster(tmp_path)
+    r = _python(f"from kvorch.inventory import load_inventory; load_inventory({str(orch.inventory)!r})",
+                PYTHONPATH=f"{ROOT}:{site}")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "loaded").read_text() == "loaded"
+
+
+def test_status_json_is_unchanged_by_the_plain_table(tmp_path):
+    orch = _local_cluster(tmp_path)
+    r = orch("--json", "status")
+    data = json.loads(r.out)
+    assert r.code == 1 and sorted(p["process"] for p in data["processes"]) == ["controller", "decode", "prefill"]
+    assert {p["state"] for p in data["processes"]} == {"absent"}
