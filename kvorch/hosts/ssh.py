@@ -1,11 +1,9 @@
-"""SshTransport: a paramiko ``SSHClient`` with host keys verified.
+"""SshTransport: a Fabric ``Connection`` with host keys verified.
 
-paramiko (not Fabric: it added nothing here but ~0.1 s of imports, and its ``Connection`` puts
-``AutoAddPolicy`` on every client and loads no known_hosts file, DESIGN.md §6). Every connection
-(and every ProxyJump hop, tunnelled through the previous hop's ``direct-tcpip`` channel, as
-OpenSSH's ``-J`` does) gets the known_hosts files of its :class:`SshSettings` and a rejecting
-policy before it connects; an unknown or changed key raises :class:`HostKeyError` with the
-command that fixes it.
+Fabric 3.2 puts paramiko's ``AutoAddPolicy`` on every connection and loads no known_hosts file
+(DESIGN.md §6): used as is, it trusts any server. Here every connection (and every ProxyJump hop)
+gets the known_hosts files of its :class:`SshSettings` and a rejecting policy before it connects;
+an unknown or changed key raises :class:`HostKeyError` with the command that fixes it.
 
 Commands run as ``bash --noprofile --norc -c`` (env exported inline, stdin closed, no pty) inside
 a persistent remote bash per connection: sshd starts every new channel through the user's login
@@ -32,7 +30,9 @@ import uuid
 import warnings
 from typing import Mapping
 
-from ._paramiko import paramiko
+import paramiko
+from fabric import Config, Connection
+
 from .base import (
     AuthenticationFailed,
     CommandTimeout,
@@ -173,8 +173,8 @@ class SshTransport:
         self._lock = threading.Lock()
         self._sftp_lock = threading.Lock()
         self._channels = threading.BoundedSemaphore(max_channels)
-        self._conn: _Conn | None = None
-        self._hops: list[_Conn] = []
+        self._conn: Connection | None = None
+        self._hops: list[Connection] = []
         self._sftp: paramiko.SFTPClient | None = None
         self._idle_shells: list[_Shell] = []
         self.connect_time_s: float | None = None
@@ -204,9 +204,25 @@ class SshTransport:
             hops.append(hop.model_copy(update=inherit))
         return hops
 
-    def _make_connection(self, s: SshSettings, gateway: _Conn | None) -> _Conn:
-        """Connected to ``s`` (through ``gateway``'s tunnel when given), its host key verified."""
-        client = paramiko.SSHClient()
+    def _make_connection(self, s: SshSettings, gateway: Connection | None) -> Connection:
+        # An explicit, empty SSHConfig and a lazy Config: Fabric reads no ssh_config and no
+        # fabric.yaml of its own; everything comes from the resolved settings.
+        cfg = Config(ssh_config=paramiko.SSHConfig(), lazy=True)
+        connect_kwargs = {
+            "allow_agent": s.allow_agent,
+            "look_for_keys": s.look_for_keys,
+            "timeout": s.connect_timeout,
+            "banner_timeout": s.connect_timeout,
+            "auth_timeout": s.connect_timeout,
+        }
+        if s.identity_files:
+            connect_kwargs["key_filename"] = list(s.identity_files)
+        conn = Connection(
+            host=s.hostname, user=s.user, port=s.port, config=cfg,
+            gateway=gateway if gateway is not None else False,
+            connect_kwargs=connect_kwargs,
+        )
+        client = conn.client
         if self.verify_host_keys:
             for path in s.effective_known_hosts_files():
                 if os.path.isfile(path):
@@ -218,23 +234,7 @@ class SshTransport:
                 client.set_missing_host_key_policy(_RejectPolicy(s))
         else:
             client.set_missing_host_key_policy(_InsecureAcceptPolicy())
-        try:
-            sock = None
-            if gateway is not None:
-                assert gateway.transport is not None
-                # the next hop's TCP stream, carried by the previous hop (OpenSSH -J)
-                sock = gateway.transport.open_channel("direct-tcpip", (s.hostname, int(s.port)), ("", 0),
-                                                      timeout=s.connect_timeout)
-            client.connect(
-                s.hostname, port=s.port, username=s.user, sock=sock,
-                key_filename=list(s.identity_files) or None,
-                allow_agent=s.allow_agent, look_for_keys=s.look_for_keys,
-                timeout=s.connect_timeout, banner_timeout=s.connect_timeout, auth_timeout=s.connect_timeout,
-            )
-        except BaseException:
-            client.close()
-            raise
-        return _Conn(client)
+        return conn
 
     def _translate(self, exc: BaseException, chain: list[SshSettings]) -> BaseException:
         s = self.settings
@@ -295,13 +295,14 @@ class SshTransport:
             chain = hop_settings + [self.settings]
             t0 = time.monotonic()
             gateway = None
-            hops: list[_Conn] = []
+            hops: list[Connection] = []
             conn = None
             try:
                 for hs in hop_settings:
                     gateway = self._make_connection(hs, gateway)
                     hops.append(gateway)
                 conn = self._make_connection(self.settings, gateway)
+                conn.open()
             except BaseException as exc:  # noqa: BLE001 - translated below
                 for c in ([conn] if conn else []) + hops[::-1]:
                     try:
@@ -476,20 +477,6 @@ class SshTransport:
 
 
 MAX_IDLE_SHELLS = 2
-
-
-class _Conn:
-    """One connected ``SSHClient`` (a host or a ProxyJump hop)."""
-
-    def __init__(self, client: paramiko.SSHClient):
-        self.client = client
-
-    @property
-    def transport(self) -> paramiko.Transport | None:
-        return self.client.get_transport()
-
-    def close(self) -> None:
-        self.client.close()
 
 
 class _ShellLost(Exception):

@@ -125,7 +125,7 @@ def split_host_spec(spec: str) -> tuple[str | None, str, int | None]:
 
 
 def _load_config(path: str | None) -> tuple[paramiko.SSHConfig, str | None]:
-    from ._paramiko import paramiko  # imported here: local-only clusters never load it
+    import paramiko  # imported here: local-only clusters never load it
 
     if path is None:
         default = os.path.expanduser(DEFAULT_SSH_CONFIG)

@@ -1,6 +1,5 @@
 """What a short command does not pay for at start-up, and the behaviour kept while skipping it:
-no Fabric or invoke behind the SSH transport (an ssh_config's ``Match exec`` still runs), no rich
-behind ``status``, no pydantic plugin scan in the command line (the library still loads plugins)."""
+no rich behind ``status``, no pydantic plugin scan in the command line (the library still loads plugins)."""
 
 from __future__ import annotations
 
@@ -23,38 +22,6 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
 def _imported(stderr: str) -> set[str]:
     """Module names from ``python -X importtime`` output."""
     return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
-
-
-def test_the_ssh_transport_imports_neither_fabric_nor_invoke():
-    r = _python("""
-        import sys
-        import kvorch.hosts.ssh
-        print(sorted(m for m in ("fabric", "invoke", "unittest.mock", "asyncio") if m in sys.modules))
-    """)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]"
-
-
-def test_an_ssh_config_match_exec_still_runs_its_command():
-    r = _python("""
-        import kvorch.hosts.ssh
-        import paramiko
-        cfg = paramiko.SSHConfig.from_text('Match exec "exit 0"\\n  User yes\\nMatch exec "exit 1"\\n  Port 2200\\n')
-        found = cfg.lookup("somehost")
-        print(found.get("user"), found.get("port", "22"))
-    """)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["yes", "22"]  # the first command succeeded, the second failed
-
-
-def test_importing_invoke_after_the_transport_gives_the_real_module():
-    r = _python("""
-        import kvorch.hosts.ssh, paramiko.config
-        import invoke
-        print(invoke.__name__, callable(invoke.run), paramiko.config.invoke.run is invoke.run)
-    """)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["invoke", "True", "True"]
 
 
 def _local_cluster(tmp_path: Path) -> Orch:
