@@ -244,7 +244,7 @@ def test_guidellm_harness_runs_for_real_when_its_executable_is_found(sim):
     exe = harness.executable("guidellm", None)
     if exe is None:
         pytest.skip("guidellm not found: it needs a venv of its own (its pins conflict with vLLM's); "
-                    "set ORCHESTRATE_GUIDELLM=/path/to/venv/bin/guidellm (.ci/run does)")
+                    "set ORCHESTRATE_GUIDELLM=/path/to/venv/bin/guidellm (CI does not: that venv takes ~7 min to install)")
     code, res, err = run(sim, "harness-guidellm", "requests=8", timeout=600)
     assert code == 0, (err, res and failed_checks(res))
     h, own = res["results"]["harness"], res["results"]["own_client"]

