@@ -7,8 +7,8 @@ a full factorial design or listed points, trials per point, and the metrics to t
 over the scenario's results). Per point: the inventory is re-rendered, only the processes whose
 rendered files changed are restarted (the folder says which), the scenario runs ``trials`` times,
 the run is collected. Every finished trial is a file: ``--resume`` skips them. The sweep folder
-gets ``sweep.json``, ``table.csv``, ``report.md`` and one plot per metric and factor (mean with a
-95 % interval when trials > 1) and the best point per metric.
+gets ``sweep.json``, ``table.csv``, ``report.md`` and one plot per metric and factor (the median over
+the trials with its 95 % bootstrap interval, :mod:`kvorch.stats`, when trials > 1) and the best point per metric.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from . import stats
 from .errors import UserError
-from .yamlfile import YamlDoc, pydantic_problems, read_user_file
+from .yamlfile import Problem, load_model
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 
@@ -133,20 +134,17 @@ def find(name: str) -> Path:
 
 
 def load(path: Path) -> SweepSpec:
-    doc = YamlDoc(read_user_file(path, SweepError, "sweep"), str(path), SweepError)
-    if not isinstance(doc.data, dict):
-        raise SweepError(f"{path}: a sweep must be a YAML mapping (name, inventory, scenario, factors, metrics)")
-    try:
-        spec = SweepSpec.model_validate(doc.data)
-    except ValidationError as e:
-        raise doc.fail(pydantic_problems(e), "sweep") from None
+    spec, doc = load_model(path, SweepSpec, SweepError, "sweep", "name, inventory, scenario, factors, metrics")
     from .scenarios.expr import ExprError, compile_expr
 
+    problems = []
     for i, m in enumerate(spec.metrics):
         try:
             compile_expr(m.expr)
         except ExprError as e:
-            raise SweepError(f"{path}: metrics[{i}].expr: {e}") from None
+            problems.append(Problem(("metrics", i, "expr"), str(e)))
+    if problems:
+        raise doc.fail(problems, "sweep")
     if design_size(spec) > spec.max_points:
         raise SweepError(f"{path}: the design has {design_size(spec)} points, more than max_points {spec.max_points}",
                          hint="fewer levels, design: points, or raise max_points")
@@ -258,22 +256,14 @@ def changed_processes(plan: Any, deployed: dict[str, dict[str, str]]) -> tuple[l
 # statistics
 
 
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045]
-
-
-def mean_ci(values: list[float]) -> dict[str, float | None]:
-    """Mean and a two-sided 95 % Student-t interval (None with fewer than two values)."""
+def interval(values: list[Any]) -> dict[str, float | int | None]:
+    """A metric over a point's trials as the verdicts and ``compare`` judge one: the median and its
+    seeded 95 % bootstrap interval (:func:`kvorch.stats.bootstrap_ci`); no interval from one trial."""
     xs = [float(v) for v in values if v is not None]
     if not xs:
-        return {"n": 0, "mean": None, "lo": None, "hi": None, "sd": None}
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return {"n": 1, "mean": m, "lo": None, "hi": None, "sd": None}
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    t = _T95[len(xs) - 2] if len(xs) - 2 < len(_T95) else 1.96
-    half = t * sd / math.sqrt(len(xs))
-    return {"n": len(xs), "mean": m, "lo": m - half, "hi": m + half, "sd": sd}
+        return {"n": 0, "median": None, "lo": None, "hi": None}
+    iv = stats.bootstrap_ci(xs)
+    return {"n": iv.n, "median": iv.estimate, "lo": iv.low if iv.n > 1 else None, "hi": iv.high if iv.n > 1 else None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,7 +461,7 @@ def aggregate(spec: SweepSpec, result: SweepResult) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"id": p.id, **p.levels, "restarted": " ".join(p.restarted) or "-",
                                "passed": sum(1 for t in p.trials if t["verdict"] == "pass"), "trials": len(p.trials)}
         for m in spec.metrics:
-            row[m.name] = mean_ci([t["metrics"].get(m.name) for t in p.trials])
+            row[m.name] = interval([t["metrics"].get(m.name) for t in p.trials])
         rows.append(row)
     return rows
 
@@ -479,11 +469,11 @@ def aggregate(spec: SweepSpec, result: SweepResult) -> list[dict[str, Any]]:
 def best_points(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     best = {}
     for m in spec.metrics:
-        cand = [r for r in rows if r[m.name]["mean"] is not None]
+        cand = [r for r in rows if r[m.name]["median"] is not None]
         if cand:
-            r = (min if m.goal == "min" else max)(cand, key=lambda x: x[m.name]["mean"])
+            r = (min if m.goal == "min" else max)(cand, key=lambda x: x[m.name]["median"])
             best[m.name] = {"goal": m.goal, "point": r["id"], "levels": {f.label: r[f.label] for f in spec.factors},
-                            "mean": r[m.name]["mean"], "lo": r[m.name]["lo"], "hi": r[m.name]["hi"]}
+                            "median": r[m.name]["median"], "lo": r[m.name]["lo"], "hi": r[m.name]["hi"]}
     return best
 
 
@@ -496,10 +486,10 @@ def write_report(spec: SweepSpec, result: SweepResult, out: Path) -> None:
     with (out / "table.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["point", *labels, "restarted", "passed", "trials", *[f"{m.name}{suffix}" for m in spec.metrics
-                                                                        for suffix in ("_mean", "_lo", "_hi")]])
+                                                                        for suffix in ("_median", "_lo", "_hi")]])
         for r in rows:
             w.writerow([r["id"], *[r[k] for k in labels], r["restarted"], r["passed"], r["trials"],
-                        *[r[m.name][x] for m in spec.metrics for x in ("mean", "lo", "hi")]])
+                        *[r[m.name][x] for m in spec.metrics for x in ("median", "lo", "hi")]])
     figs = []
     pdir = out / "plots"
     pdir.mkdir(exist_ok=True)
@@ -510,9 +500,9 @@ def write_report(spec: SweepSpec, result: SweepResult, out: Path) -> None:
             for r in rows:
                 key = ", ".join(f"{o}={r[o]}" for o in others) or m.name
                 st = r[m.name]
-                series.setdefault(key, []).append((r[f.label], st["mean"], st["lo"], st["hi"]))
+                series.setdefault(key, []).append((r[f.label], st["median"], st["lo"], st["hi"]))
             fname = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{m.name}-vs-{f.label}.png")
-            if plots.sweep_metric(series, f"{m.name} vs {f.label}" + (" (mean, 95% interval)" if spec.trials > 1 else ""),
+            if plots.sweep_metric(series, f"{m.name} vs {f.label}" + (" (median, 95% bootstrap interval)" if spec.trials > 1 else ""),
                                   f.label, m.name, pdir / fname) is not None:
                 figs.append(f"plots/{fname}")
     md = [f"# sweep {spec.name}", "", spec.description, "",
@@ -525,13 +515,13 @@ def write_report(spec: SweepSpec, result: SweepResult, out: Path) -> None:
         cells = [r["id"], *[str(r[k]) for k in labels], r["restarted"], f"{r['passed']}/{r['trials']}"]
         for m in spec.metrics:
             st = r[m.name]
-            cells.append("?" if st["mean"] is None else f"{st['mean']:.4g}" +
+            cells.append("?" if st["median"] is None else f"{st['median']:.4g}" +
                          (f" [{st['lo']:.4g}, {st['hi']:.4g}]" if st["lo"] is not None else ""))
         md.append("| " + " | ".join(cells) + " |")
     md += ["", "## best point per metric", ""]
     for name, b in result.best.items():
         md.append(f"- **{name}** ({b['goal']}): {b['point']} ({', '.join(f'{k}={v}' for k, v in b['levels'].items())}) "
-                  f"= {b['mean']:.4g}")
+                  f"= {b['median']:.4g}")
     md += ["", "## restarts", ""] + [f"- {p.id}: {', '.join(p.restarted) or 'nothing'} — {p.restart_reason}"
                                      + (f" ({p.restart_s:.1f} s)" if p.restart_s is not None else "") for p in result.points]
     md += ["", "## plots", ""] + [f"![{f}]({f})" for f in figs]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -175,3 +175,17 @@ def validate(model: type[BaseModel], doc: YamlDoc, what: str) -> Any:
         return model.model_validate(doc.data)
     except ValidationError as e:
         raise doc.fail(pydantic_problems(e), what) from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_model(path: Any, model: type[M], error: type[UserError], what: str, keys: str) -> tuple[M, YamlDoc]:
+    """A user's YAML file (a scenario, a sweep) validated into ``model``: read within bounds, YAML
+    errors and every validation problem located as FILE:LINE: field; the top level must be a
+    mapping (``keys`` names the expected ones in that message). Returns the model and the document
+    (for locating the caller's own problems with :meth:`YamlDoc.fail`)."""
+    doc = YamlDoc(read_user_file(path, error, what), str(path), error)
+    if not isinstance(doc.data, dict):
+        raise error(f"{path}: a {what} must be a YAML mapping ({keys})")
+    return validate(model, doc, what), doc

@@ -523,7 +523,7 @@ def sweep(c: Ctx, file: str, dry_run: bool, resume: bool, out_dir: str | None) -
                       + (f" ({p.restart_reason})" if p.restart_reason else ""))
     if not res.dry_run:
         for name, b in res.best.items():
-            con.print(f"best {name} ({b['goal']}): {b['point']} = {b['mean']:.4g}")
+            con.print(f"best {name} ({b['goal']}): {b['point']} = {b['median']:.4g}")
         con.print(f"[bold]sweep {res.name}[/]: {len(res.points)} points in {res.wall_s:.1f} s "
                   f"(sum of points {res.points_s:.1f} s) → {res.report}")
 

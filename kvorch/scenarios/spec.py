@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from ..errors import UserError
-from ..yamlfile import Problem, YamlDoc, pydantic_problems, read_user_file
+from ..yamlfile import Problem, load_model, pydantic_problems
 from .expr import ExprError, compile_expr
 
 SCENARIOS_DIR = Path(__file__).resolve().parent.parent.parent / "scenarios"
@@ -97,13 +97,7 @@ def load(path: Path, overrides: list[str] | None = None) -> tuple[ScenarioSpec, 
     """The scenario and its validated parameters (defaults ← file ← --set)."""
     from .kinds import KINDS
 
-    doc = YamlDoc(read_user_file(path, ScenarioError, "scenario"), str(path), ScenarioError)
-    if not isinstance(doc.data, dict):
-        raise ScenarioError(f"{path}: a scenario must be a YAML mapping (name:, kind:, params:, checks:)")
-    try:
-        spec = ScenarioSpec.model_validate(doc.data)
-    except ValidationError as e:
-        raise doc.fail(pydantic_problems(e), "scenario") from None
+    spec, doc = load_model(path, ScenarioSpec, ScenarioError, "scenario", "name:, kind:, params:, checks:")
     spec._source = path.resolve().parent
     problems: list[Problem] = []
     if spec.kind not in KINDS:

@@ -220,6 +220,10 @@ class LMCacheSim:
                     n = c.end - max(c.start, masked)
                     retrieved += n
                     p2p_tokens += n
+                    # LMCache 0.5.6 StorageManager.batched_get writes what a remote backend (P2P)
+                    # returned back into LocalCPUBackend, which admits it to the controller
+                    if not self._has(c.key) and self._put_cpu(c.key, c.tokens):
+                        self._event("admit", c.key, CPU)
                 nbytes = self.size_bytes(p2p_tokens)
                 transfer = lat.transfer_s(nbytes) + lat.load_s(p2p_tokens)
                 modeled += transfer

@@ -58,10 +58,24 @@ def test_dotted_paths_reach_engines_by_name_and_all_engines():
         sw.set_path(data, "engines.c.env.X", "1")
 
 
-def test_interval_is_a_student_t_95_percent_interval():
-    st = sw.mean_ci([1.0, 2.0, 3.0])
-    assert st["mean"] == 2.0 and st["lo"] == pytest.approx(2 - 4.303 / 3 ** 0.5) and st["hi"] == pytest.approx(2 + 4.303 / 3 ** 0.5)
-    assert sw.mean_ci([5.0])["lo"] is None and sw.mean_ci([])["mean"] is None
+def test_a_points_metric_is_the_median_with_the_verdicts_bootstrap_interval():
+    from kvorch import stats
+
+    xs = [1.0, 2.0, 3.0, 10.0]
+    st = sw.interval(xs)
+    iv = stats.bootstrap_ci(xs)  # the same seeded interval the verdicts and `compare` use
+    assert st == {"n": 4, "median": 2.5, "lo": iv.low, "hi": iv.high} and iv.low < 2.5 < iv.high
+    assert sw.interval([5.0, None]) == {"n": 1, "median": 5.0, "lo": None, "hi": None}  # one trial: no spread known
+    assert sw.interval([])["median"] is None
+
+
+def test_a_metric_expression_that_does_not_compile_is_refused_with_its_line(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: s\ninventory: x.yaml\nscenario: reuse\nfactors: [{set: params.a, levels: [1]}]\n"
+                 "metrics:\n  - name: m\n    expr: 'ttft_s +* 2'\n")
+    with pytest.raises(sw.SweepError) as e:
+        sw.load(f)
+    assert e.value.message.startswith(f"{f}:7: metrics[0].expr:")
 
 
 def test_dry_run_lists_the_restarts_each_point_needs(tmp_path):

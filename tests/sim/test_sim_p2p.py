@@ -65,6 +65,23 @@ def test_second_engine_hits_come_from_the_peer(cluster):
     assert layout["lmcache_instance_a"] == ["LocalCPUBackend", 512]
 
 
+def test_chunks_fetched_from_the_peer_are_kept_in_the_local_cpu_tier(cluster):
+    """LMCache 0.5.6's StorageManager.batched_get writes what the P2P backend returned back into
+    LocalCPUBackend: the peer's chunks and the engine's own next chunk then form one local prefix."""
+    a, b, ctl = cluster["a"], cluster["b"], cluster["ctl"]
+    base = words(700, "pw")  # 2 whole chunks, stored on A
+    complete(a, base + " on a", rid="wb-base")
+    _wait_keys(ctl, "lmcache_instance_a", 2)
+    longer = base + " " + words(300, "pv")  # B: 2 chunks from A, its own 3rd chunk
+    complete(b, longer, rid="wb-first")
+    assert reqid_line(b, "wb-first")[3] == 512
+    before = b.metrics()
+    complete(b, longer + " and more", rid="wb-again")
+    after = b.metrics()
+    assert reqid_line(b, "wb-again")[3] == 768  # one prefix: 2 written-back chunks + B's own
+    assert delta(before, after, "lmcache:p2p_time_to_transfer_count") == 0
+
+
 def test_different_pythonhashseed_shares_nothing(cluster):
     a, c, ctl = cluster["a"], cluster["c"], cluster["ctl"]
     base = words(700, "pb")

