@@ -334,15 +334,15 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
     trials = p.trials or tr.default_trials([pre, dec])
     pipes: list[Pipeline] = []
     batches: list[list[Pipeline]] = []
+    made = [_make(wb, pre, p, seed + 1_000_003 * i, p.requests, i * p.requests, True) for i in range(trials)]
     mark = wb.mark_logs()
     s0 = wb.snapshot()
     ready = _kv_ready(wb, pre, s0)
     t0 = time.monotonic()
-    for i in range(trials):
+    for i, batch in enumerate(made):
         left = p.max_duration_s - (time.monotonic() - t0)
         if left <= 0:
             break
-        batch = _make(wb, pre, p, seed + 1_000_003 * i, p.requests, i * p.requests, True)
         for pl in batch:
             pl.trial = i
         wb.run(_drive(wb, pre, dec, batch, p.model_copy(update={"max_duration_s": left / (trials - i)}), ready))

