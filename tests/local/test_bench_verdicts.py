@@ -14,8 +14,9 @@ from clusterkit import free_ports, Orch, write_inventory
 
 pytestmark = pytest.mark.timeout(900)
 
-#: LMCache loads a token slower than the engine computes one: reuse cannot be faster
-SLOW_LOAD = {"prefill_ms_per_token": 0.1, "load_ms_per_token": 0.12}
+#: LMCache loads a token 5x slower than the engine computes one: reuse cannot be faster (at 1.2x
+#: a loaded machine's own overhead on the cold requests made the old single sample pass: 2.1x)
+SLOW_LOAD = {"prefill_ms_per_token": 0.1, "load_ms_per_token": 0.5}
 #: far above this machine's own noise, even loaded
 NOISE = {"jitter_ms": 400}
 
