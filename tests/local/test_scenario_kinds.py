@@ -71,7 +71,7 @@ def run(orch: Orch, scenario: str, *sets: str, timeout: float = 300) -> tuple[in
         args += ["--set", s]
     r = orch(*args, timeout=timeout)
     data = None
-    if r.code in (0, 1):
+    if r.code in (0, 1, 3):  # 3: inconclusive (a timing check's interval straddles its threshold)
         data = json.loads(r.out)
     return r.code, data, r.err
 
@@ -248,7 +248,7 @@ def test_pd_bench_fails_when_the_decode_engine_hashes_differently(p2p, monkeypat
         assert code == 1, err
         failed = failed_checks(res)
         assert failed["the decode engine loaded each prompt's KV from LMCache (its log line reports >= 1 chunk of hits)"] \
-            == "decode.hit_fraction = 0 >= 0.9"
+            == "trial 1 of 3: decode.hit_fraction = 0 >= 0.9"
         assert res["results"]["decode"]["with_hits"] == 0
     finally:
         script.write_text(original)

@@ -433,6 +433,8 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
                        "output_tokens_per_s": ratio(out_tokens, span), "output_tokens": out_tokens,
                        "decode_output_tokens_per_s": dec_sum.get("output_tokens_per_s")},
     }
+    for t in per_trial:  # a check reads decode.* from the trial: its own hits and TTFT, the pooled rest
+        t["decode"] = {**results["decode"], **t["decode"]}
     results["ttft_ratio_pooled"] = ratio(results["prefill"]["ttft_s"]["p50"], results["decode"]["ttft_s"]["p50"])
     results["ttft_ratio"] = per_trial[0]["ttft_ratio"] if per_trial else None
     results["median"] = {"ttft_ratio": tr.median(per_trial, "ttft_ratio")}
@@ -477,7 +479,7 @@ def _trial_view(i: int, batch: list[Pipeline], evidence: dict[str, Any], chunk: 
             "failed": len(started) - len(ok), "not_started": requested - len(started),
             "prefill_ttft_p50_s": a, "decode_ttft_p50_s": b, "ttft_ratio": ratio(a, b),
             "decode": {"with_hits": with_hits, "hit_fraction": (with_hits / len(dec_recs)) if dec_recs else None,
-                       "ttft_s": dist(dec_ttft), "itl_s": oa.summarize(dec_recs)["itl_s"] if dec_recs else dist([])},
+                       "ttft_s": dist(dec_ttft)},
             "store": {"timeouts": sum(1 for pl in started if pl.store_seen is False)}}
 
 
