@@ -32,7 +32,9 @@ def _t(s: str | None) -> dt.datetime | None:
 
 
 def _latest(run: Path, scenario: str) -> dict[str, Any] | None:
-    found = sorted((run / "scenarios").glob(f"{scenario}-*/result.json"), key=lambda p: int(p.parent.name.rsplit("-", 1)[1]))
+    # reuse-N only, not reuse-2node-N (the glob matches both)
+    found = sorted((p for p in (run / "scenarios").glob(f"{scenario}-*/result.json")
+                    if p.parent.name[len(scenario) + 1:].isdigit()), key=lambda p: int(p.parent.name.rsplit("-", 1)[1]))
     return json.loads(found[-1].read_text()) if found else None
 
 

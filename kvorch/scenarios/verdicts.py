@@ -66,6 +66,11 @@ def timing(check: Any, common: dict[str, Any], trials: Sequence[dict[str, Any]] 
     expected = (calibration or {}).get("expected", {}).get(metric)
     detectable = (calibration or {}).get("detectable", {}).get(metric)
     cv = (calibration or {}).get("cv")
+    if cv is None and len(values) > 1:
+        # no calibration (benchmark kinds): one request's noise from the trials' own spread (a
+        # ratio of two TTFTs varies by about √2 times one TTFT's relative noise)
+        cv = stats.relative_spread(values) / math.sqrt(2.0)
+    longer = common.get("longer_hint") or "a longer prefix (--set prefix_tokens=auto)"
     row.update(expected=expected, detectable=detectable)
     shown = f"median {metric} = {iv.shown()} vs {threshold:g}"
     reason = None
@@ -73,23 +78,24 @@ def timing(check: Any, common: dict[str, Any], trials: Sequence[dict[str, Any]] 
         v = "inconclusive"
         reason = (f"the calibration expected {expected:.2f}×, below the smallest speedup these {iv.n} trials can "
                   f"detect over {threshold:g} ({detectable:.2f}× at {100 * (cv or 0):.0f} % TTFT noise): "
-                  + _advice(threshold, expected, cv, iv.n))
+                  + _advice(threshold, expected, cv, iv.n, longer))
     elif v == "inconclusive":
         reason = ("the interval straddles the threshold: " if iv.n > 1 else "one trial cannot decide: ") + \
-            _advice(threshold, expected if expected is not None else iv.estimate, cv, iv.n)
+            _advice(threshold, expected if expected is not None else iv.estimate, cv, iv.n, longer)
     row["reason"] = reason
     passed = True if v == "pass" else False if v == "fail" else None
     return {**row, "passed": passed, "verdict": v, "shown": shown + (f" — {reason}" if reason else "")}
 
 
-def _advice(threshold: float, expected: float | None, cv: float | None, n: int) -> str:
+def _advice(threshold: float, expected: float | None, cv: float | None, n: int,
+            longer: str = "a longer prefix (--set prefix_tokens=auto)") -> str:
     if expected is None or expected <= threshold * 1.01:
-        return ("at this prefix length the engine computes the prompt about as fast as it loads the cached KV, "
-                "so no number of trials shows the threshold: use a longer prefix (--set prefix_tokens=auto or more "
-                "tokens) or a larger model; the hit and correctness checks prove reuse either way")
+        return ("at this length the engine computes the prompt about as fast as it loads the cached KV, "
+                f"so no number of trials shows the threshold: use {longer} or a larger model; "
+                "the hit and correctness checks prove reuse either way")
     need = stats.trials_needed(threshold, expected, cv or 0.0)
     more = f"--set trials={need}" if need and need > n else f"more trials (--set trials={2 * n})"
-    return f"{more} (for the expected {expected:.2f}×) or a longer prefix (--set prefix_tokens=auto)"
+    return f"{more} (for the expected {expected:.2f}×) or {longer}"
 
 
 def judge_checks(checks: Sequence[Any], common: dict[str, Any], trials: Sequence[dict[str, Any]] | None,

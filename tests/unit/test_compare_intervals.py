@@ -62,3 +62,14 @@ def test_figures_lines_quote_the_run_with_the_cpu(tmp_path):
     out = figures.lines(run, cpu="Test CPU, 2 cores")
     assert out[0] == "CPU: Test CPU, 2 cores" and "engines healthy in ~96 s" in out
     assert any("ttft_speedup_vs_control: median 4.00× [95 % CI 3.50, 4.50]" in ln for ln in out)
+
+
+def test_figures_quote_reuse_from_its_own_folder_not_from_reuse_2node(tmp_path):
+    run = _run(tmp_path, "f", [25, 26, 24, 25, 27], [100, 104, 98, 101, 99])
+    d = run / "scenarios" / "reuse-1"
+    d.mkdir()
+    own = json.loads((run / "scenarios" / "reuse-2node-1" / "result.json").read_text())
+    own.update(scenario="reuse", verdict="inconclusive")
+    (d / "result.json").write_text(json.dumps(own))
+    out = figures.lines(run, cpu="Test CPU, 2 cores")
+    assert any(ln.startswith("reuse: INCONCLUSIVE") for ln in out) and any(ln.startswith("reuse-2node: PASS") for ln in out)

@@ -115,3 +115,13 @@ def test_rows_with_only_passed_count_in_the_overall_verdict():
     assert overall([inconclusive, {"passed": False, "severity": "fail"}]) == "fail"
     assert overall([inconclusive, {"passed": True, "severity": "fail"}]) == "inconclusive"
     assert overall([{"passed": None, "severity": "fail"}, {"passed": False, "severity": "warn"}]) == "pass"
+
+
+def test_without_a_calibration_the_advice_takes_the_noise_from_the_trials_and_the_kinds_own_hint():
+    blend = CheckSpec(name="reordered faster", speedup="min_speedup", at_least=1.5)
+    ts = [{"min_speedup": s} for s in (1.4, 2.2, 1.9)]
+    rows, verdict = judge_checks([blend], {"longer_hint": "longer chunks (--set chunk_tokens=N)"}, ts, None)
+    assert verdict == "inconclusive"
+    reason = rows[0]["reason"]
+    assert "longer chunks (--set chunk_tokens=N)" in reason and "prefix_tokens" not in reason
+    assert "--set trials=" in reason  # how many, from the trials' own spread

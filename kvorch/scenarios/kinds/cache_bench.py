@@ -14,6 +14,9 @@
 5. the prompts without nonce once (now they have been seen), then **warm**: the same again.
 
 Both phases report TTFT p50/p90/p99, E2E, hit tokens (log and metrics), hit rate; and the speedup.
+Steps 4–5 run ``trials`` times (cold with fresh nonces each time; the prompts are seen once): the
+speedup is a timing check judged on the trials' median and its 95 % bootstrap interval (pass /
+fail / inconclusive), the counter checks must hold in every trial.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ... import client as oa
 from ... import metrics as mx
 from ...errors import UserError
+from ... import stats
+from .. import trials as tr
 from ..prompts import nonce, text_of_tokens
 from ..workbench import ScenarioCannotRun, Workbench, hit_tokens
 from ..outcome import Outcome
@@ -49,6 +54,8 @@ class Params(BaseModel):
     restart_timeout_s: float = Field(180.0, gt=0, description="how long a restarted engine may take to be healthy")
     settle_s: float = Field(0.5, ge=0, description="pause between phases (KV stores finish)")
     seed: int | None = Field(None, description="prompt seed (default: a fresh one per run)")
+    trials: int | None = Field(None, ge=1, le=100, description=f"cold/warm trials after the one reset (default "
+                               f"{tr.SIM_TRIALS} on the simulated engine, {tr.REAL_TRIALS} on real engines)")
 
 
 TIER_VLLM = "vLLM prefix cache"
@@ -138,10 +145,12 @@ def _probe_view(r: oa.RequestRecord, d: dict[str, float], ev: Any) -> dict[str, 
             "log_found": bool(ev and ev.found)}
 
 
-def _phase(wb: Workbench, target: Any, prompts: list[str], p: Params, phase: str, seed: int) -> dict[str, Any]:
+def _phase(wb: Workbench, target: Any, prompts: list[str], p: Params, phase: str, seed: int,
+           trial: int = 0) -> dict[str, Any]:
     mark = wb.mark_logs()
     s0 = wb.snapshot()
-    reqs = [wb.request(target, pr, p.max_tokens, tags={"phase": phase, "index": str(i)}) for i, pr in enumerate(prompts)]
+    reqs = [wb.request(target, pr, p.max_tokens, tags={"phase": phase, "index": str(i), "trial": str(trial)})
+            for i, pr in enumerate(prompts)]
     recs = wb.load(reqs, concurrency=p.concurrency, rate_rps=p.rate_rps, max_duration_s=p.max_duration_s, seed=seed)
     s1 = wb.snapshot()
     evidence, _ = wb.evidence(mark, recs, wait_s=0.2)
@@ -175,6 +184,7 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
     engines = wb.engines()
     seed = p.seed if p.seed is not None else random.SystemRandom().randrange(1 << 30)
     count = lambda text: wb.tokens(target, text)
+    trials = p.trials or tr.default_trials(engines)
     prompts = [text_of_tokens(p.prompt_tokens, seed + 7919 * i, count) for i in range(p.requests)]
     probes = {e.name: text_of_tokens(p.probe_tokens, seed + 900_001 + 31 * k, lambda t, e=e: wb.tokens(e, t))
               for k, e in enumerate(engines)} if p.probe else {}
@@ -235,42 +245,72 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
                   "every_tier_reset": not not_reset, "probe_sensitive": all(sensitive.values()) if sensitive else None})
     time.sleep(p.settle_s)
 
-    # ---- 4. cold: nonce at the start of every prompt
-    cold_prompts = [(nonce() + pr) if p.nonce else pr for pr in prompts]
-    cold = _phase(wb, target, cold_prompts, p, "cold", seed + 1)
-    time.sleep(p.settle_s)
-    # ---- 5. warm: seen once, then measured
-    seen = _phase(wb, target, prompts, p, "seen", seed + 2)
-    time.sleep(p.settle_s)
-    warm = _phase(wb, target, prompts, p, "warm", seed + 3)
+    # ---- 4./5. trials: cold (a fresh nonce at the start of every prompt), the prompts seen (first
+    # trial only: later trials' prompts have been seen), warm
+    per_trial: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    for i in range(trials):
+        if i:
+            time.sleep(p.settle_s)
+        cold_prompts = [(nonce() + pr) if p.nonce else pr for pr in prompts]
+        cold = _phase(wb, target, cold_prompts, p, "cold", seed + 1 + 10 * i, i)
+        time.sleep(p.settle_s)
+        seen = None
+        if i == 0:
+            seen = _phase(wb, target, prompts, p, "seen", seed + 2, i)
+            time.sleep(p.settle_s)
+        warm = _phase(wb, target, prompts, p, "warm", seed + 3 + 10 * i, i)
+        for ph in (cold, seen, warm):
+            if ph is None:
+                continue
+            all_records.extend(ph.pop("records"))
+            all_evidence.update({k: v.model_dump(mode="json") for k, v in ph.pop("evidence").items()})
 
-    for ph in (cold, seen, warm):
-        all_records += ph.pop("records")
-        all_evidence.update({k: v.model_dump(mode="json") for k, v in ph.pop("evidence").items()})
+        def sp(q: str, cold: dict[str, Any] = cold, warm: dict[str, Any] = warm) -> float | None:
+            a, b = cold["ttft_s"][q], warm["ttft_s"][q]
+            return (a / b) if (a and b) else None
 
-    def sp(q: str) -> float | None:
-        a, b = cold["ttft_s"][q], warm["ttft_s"][q]
-        return (a / b) if (a and b) else None
+        view: dict[str, Any] = {"trial": i, "cold": cold, "warm": warm,
+                                "ttft_speedup_p50": sp("p50"), "ttft_speedup_p90": sp("p90"), "ttft_speedup_p99": sp("p99")}
+        if seen is not None:
+            view["seen"] = {k: seen[k] for k in ("requests", "ok", "errors", "ttft_s", "cache_hit_tokens")}
+        per_trial.append(view)
+    took = time.monotonic() - t0
 
     results: dict[str, Any] = {
+        **per_trial[0],  # the first trial in full; every trial in `trials`
         "target": target.name, "engines": [e.name for e in engines], "chunk_size": wb.chunk_size, "seed": seed,
-        "nonce": p.nonce, "reset": reset,
-        "cold": cold, "warm": warm, "seen": {k: seen[k] for k in ("requests", "ok", "errors", "ttft_s", "cache_hit_tokens")},
-        "ttft_speedup_p50": sp("p50"), "ttft_speedup_p90": sp("p90"), "ttft_speedup_p99": sp("p99"),
+        "nonce": p.nonce, "reset": reset, "trials": per_trial, "n_trials": trials,
+        "wall_s": {"trials": round(took, 3), "per_trial": round(took / trials, 3)},
+        "longer_hint": "longer prompts (--set prompt_tokens=N) or more requests per phase (--set requests=N)",
+        "median": {k: tr.median(per_trial, k) for k in ("ttft_speedup_p50", "ttft_speedup_p90", "ttft_speedup_p99")},
     }
-    rows = []
-    for q in ("p50", "p90", "p99"):
-        rows.append(f"{_ms(cold['ttft_s'][q])} / {_ms(warm['ttft_s'][q])}")
+    first = per_trial[0]
+    cold, warm = first["cold"], first["warm"]
+
+    def med_ms(phase: str, q: str) -> str:
+        xs = tr.finite(t[phase]["ttft_s"][q] for t in per_trial)
+        return _ms(stats.median(xs) if xs else None)
+
     restarted = sorted(reset["restarted"])
     headline = {
-        "TTFT p50 cold / warm (ms)": rows[0], "TTFT p90 cold / warm (ms)": rows[1], "TTFT p99 cold / warm (ms)": rows[2],
-        "TTFT speedup (p50)": _r(results["ttft_speedup_p50"]),
-        "cache hit tokens cold / warm (metrics)": f"{_n(cold['cache_hit_tokens'])} / {_n(warm['cache_hit_tokens'])}",
-        "LMCache hit tokens cold / warm (log)": f"{_n(cold['lmcache_log_hit_tokens'])} / {_n(warm['lmcache_log_hit_tokens'])}",
-        "hit rate cold / warm": f"{_r(cold['hit_rate'])} / {_r(warm['hit_rate'])}",
+        "trials": trials,
+        "TTFT p50 cold / warm (ms)": f"{med_ms('cold', 'p50')} / {med_ms('warm', 'p50')}",
+        "TTFT p90 cold / warm (ms)": f"{med_ms('cold', 'p90')} / {med_ms('warm', 'p90')}",
+        "TTFT p99 cold / warm (ms)": f"{med_ms('cold', 'p99')} / {med_ms('warm', 'p99')}",
+        "TTFT speedup (p50)": tr.median(per_trial, "ttft_speedup_p50", 2),
+        "TTFT speedup (p50; median, 95 % CI)": tr.interval_shown(per_trial, "ttft_speedup_p50"),
+        "cache hit tokens cold / warm (metrics), trial 1": f"{_n(cold['cache_hit_tokens'])} / {_n(warm['cache_hit_tokens'])}",
+        "LMCache hit tokens cold / warm (log), trial 1": f"{_n(cold['lmcache_log_hit_tokens'])} / {_n(warm['lmcache_log_hit_tokens'])}",
+        "hit rate cold / warm, trial 1": f"{_r(cold['hit_rate'])} / {_r(warm['hit_rate'])}",
         "reset": (f"{p.mode}: restarted {', '.join(restarted)}" if restarted else p.mode)
                  + ("; every tier verified empty" if not not_reset else f"; NOT reset: {'; '.join(not_reset)}"),
-        "requests cold / warm ok": f"{cold['ok']} / {warm['ok']} of {p.requests}",
+        "requests cold / warm ok, trial 1": f"{cold['ok']} / {warm['ok']} of {p.requests}",
+    }
+    results["per_trial_values"] = {
+        "TTFT speedup (p50)": tr.values(per_trial, "ttft_speedup_p50"),
+        "cold TTFT p50 (ms)": [round(x * 1000, 1) for x in tr.finite(t["cold"]["ttft_s"]["p50"] for t in per_trial)],
+        "warm TTFT p50 (ms)": [round(x * 1000, 1) for x in tr.finite(t["warm"]["ttft_s"]["p50"] for t in per_trial)],
     }
     return Outcome(results=results, records=all_records, evidence=all_evidence, headline=headline)
 

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ... import client as oa
 from ... import metrics as mx
+from .. import trials as tr
 from ..prompts import text_of_tokens, text_of_words
 from ..workbench import ScenarioCannotRun, Workbench, hit_tokens
 from ..outcome import Outcome
@@ -48,12 +49,15 @@ class Params(BaseModel):
     ignore_eos: bool = Field(True, description="decode exactly max_tokens tokens (comparable runs)")
     concurrency: int = Field(4, ge=1, le=1024, description="pipelines in flight at most")
     rate_rps: float | None = Field(None, gt=0, description="Poisson arrival rate of pipelines (null: as fast as concurrency allows)")
-    max_duration_s: float = Field(120.0, gt=0, description="no pipeline starts after this; steps still running are cut")
+    max_duration_s: float = Field(120.0, gt=0, description="bound of the measured run (all trials): no pipeline starts "
+                                  "after it; steps still running are cut")
     warmup: int = Field(2, ge=0, le=100, description="pipelines sent first and not measured")
     store_timeout_s: float = Field(10.0, ge=0, description="per pipeline: how long to wait for the prefill KV to be stored")
     wait_s: float = Field(0.0, ge=0, description="extra pause after the store was seen (the seed waited 5 s)")
     local_baseline: bool = Field(True, description="re-send each decode prompt to the decode engine (max_tokens=1) for the transfer estimate")
     seed: int | None = Field(None, description="prompt seed (default: a fresh one per run, so no cache is warm)")
+    trials: int | None = Field(None, ge=1, le=100, description=f"batches of `requests` pipelines, fresh prompts each "
+                               f"(default {tr.SIM_TRIALS} on the simulated engine, {tr.REAL_TRIALS} on real engines)")
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Pipeline:
     local: oa.RequestRecord | None = None
     store_wait_s: float | None = None
     store_seen: bool | None = None
+    trial: int = 0
     pipeline_ttft_s: float | None = None
     pipeline_e2e_s: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -225,7 +230,8 @@ async def _drive(wb: Workbench, pre: Any, dec: Any, pipes: list[Pipeline], p: Pa
             return await oa.send(client, e.name, e.api_url or "", wb.model, prompt=prompt, max_tokens=max_tokens,
                                  temperature=0.0, timeout=max(0.001, min(wb.request_timeout, remaining())),
                                  request_id=oa.new_request_id("kvorch", e.name), extra_body=wb.body(body),
-                                 tags={"phase": phase, "pipeline": str(pl.index), "measured": str(pl.measured).lower()})
+                                 tags={"phase": phase, "pipeline": str(pl.index), "measured": str(pl.measured).lower(),
+                                       "trial": str(pl.trial)})
 
         async def one(pl: Pipeline) -> None:
             try:
@@ -323,13 +329,25 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
                            _kv_ready(wb, pre, wb.snapshot())))
         time.sleep(0.2)
 
-    # ---- measured run
-    pipes = _make(wb, pre, p, seed, p.requests, 0, True)
+    # ---- measured run: `trials` batches of `requests` pipelines (fresh prompts each), within
+    # max_duration_s together (each batch gets an equal share of what is left)
+    trials = p.trials or tr.default_trials([pre, dec])
+    pipes: list[Pipeline] = []
+    batches: list[list[Pipeline]] = []
+    made = [_make(wb, pre, p, seed + 1_000_003 * i, p.requests, i * p.requests, True) for i in range(trials)]
     mark = wb.mark_logs()
     s0 = wb.snapshot()
     ready = _kv_ready(wb, pre, s0)
     t0 = time.monotonic()
-    wb.run(_drive(wb, pre, dec, pipes, p, ready))
+    for i, batch in enumerate(made):
+        left = p.max_duration_s - (time.monotonic() - t0)
+        if left <= 0:
+            break
+        for pl in batch:
+            pl.trial = i
+        wb.run(_drive(wb, pre, dec, batch, p.model_copy(update={"max_duration_s": left / (trials - i)}), ready))
+        batches.append(batch)
+        pipes.extend(batch)
     if ready.lookup_broken:
         wb.notes.append(f"the controller's /lookup did not answer ({ready.lookup_broken}): waited on the store counter instead")
     if ready.method.startswith("none"):
@@ -339,6 +357,7 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
     s1 = wb.snapshot()
     records = [r for pl in pipes for r in (pl.prefill, pl.decode, pl.local) if r is not None]
     evidence, _ = wb.evidence(mark, records)
+    per_trial = [_trial_view(i, b, evidence, wb.chunk_size, p.requests) for i, b in enumerate(batches)]
 
     started = [pl for pl in pipes if pl.prefill is not None]
     ok = [pl for pl in started if pl.ok]
@@ -382,8 +401,15 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
 
     results: dict[str, Any] = {
         "prefill_engine": pre.name, "decode_engine": dec.name, "chunk_size": wb.chunk_size, "seed": seed,
-        "requests": p.requests, "started": len(started), "completed": len(ok),
-        "failed": len(started) - len(ok), "not_started": p.requests - len(started),
+        # counts are per trial (each trial sends `requests` pipelines): the first trial's here, every
+        # trial's in `trials`; the distributions below pool the pipelines of all trials
+        "requests": p.requests, "started": per_trial[0]["started"] if per_trial else 0,
+        "completed": per_trial[0]["completed"] if per_trial else 0,
+        "failed": per_trial[0]["failed"] if per_trial else 0,
+        "not_started": per_trial[0]["not_started"] if per_trial else p.requests,
+        "trials": per_trial, "n_trials": trials, "trials_run": len(batches),
+        "pipelines": {"requested": p.requests * trials, "started": len(started), "completed": len(ok)},
+        "longer_hint": "longer prompts (--set prompt_tokens=N, within max_model_len)",
         "errors": sorted({f"{r.engine}: {r.error}" for r in records if not r.ok and r.error})[:10],
         "seconds": took,
         "prompt_tokens": dist([r.prompt_tokens for r in pre_recs]),
@@ -407,10 +433,17 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
                        "output_tokens_per_s": ratio(out_tokens, span), "output_tokens": out_tokens,
                        "decode_output_tokens_per_s": dec_sum.get("output_tokens_per_s")},
     }
-    results["ttft_ratio"] = ratio(results["prefill"]["ttft_s"]["p50"], results["decode"]["ttft_s"]["p50"])
+    for t in per_trial:  # a check reads decode.* from the trial: its own hits and TTFT, the pooled rest
+        t["decode"] = {**results["decode"], **t["decode"]}
+    results["ttft_ratio_pooled"] = ratio(results["prefill"]["ttft_s"]["p50"], results["decode"]["ttft_s"]["p50"])
+    results["ttft_ratio"] = per_trial[0]["ttft_ratio"] if per_trial else None
+    results["median"] = {"ttft_ratio": tr.median(per_trial, "ttft_ratio")}
     d = results["decode"]
     headline = {
-        "pipelines ok / requested": f"{len(ok)} / {p.requests}",
+        "trials": f"{len(batches)} of {trials}" if len(batches) < trials else trials,
+        "pipelines ok / requested": f"{len(ok)} / {p.requests * trials}",
+        "prefill p50 / decode TTFT p50 (median over trials)": tr.median(per_trial, "ttft_ratio"),
+        "prefill / decode TTFT ratio (median, 95 % CI)": tr.interval_shown(per_trial, "ttft_ratio"),
         "prefill time p50 / p99 (ms)": _pair(results["prefill"]["ttft_s"]),
         "KV transfer p50 / p99 (ms)": _pair(kv_transfer_s),
         "KV transfer from": source,
@@ -423,8 +456,31 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
         "output throughput (tok/s)": _round(results["throughput"]["output_tokens_per_s"], 1),
         "decode requests with LMCache hits": f"{with_hits} / {len(dec_recs)}",
     }
+    results["per_trial_values"] = {
+        "prefill p50 / decode TTFT p50 (median over trials)": tr.values(per_trial, "ttft_ratio"),
+        "decode TTFT p50 (ms)": [round(x * 1000, 1) for x in tr.values(per_trial, "decode_ttft_p50_s")],
+        "prefill time p50 (ms)": [round(x * 1000, 1) for x in tr.values(per_trial, "prefill_ttft_p50_s")],
+    }
     return Outcome(results=results, records=records,
                    evidence={k: v.model_dump(mode="json") for k, v in evidence.items()}, headline=headline)
+
+
+def _trial_view(i: int, batch: list[Pipeline], evidence: dict[str, Any], chunk: int, requested: int) -> dict[str, Any]:
+    """One trial's counts and its timing ratio (prefill TTFT p50 over decode TTFT p50)."""
+    started = [pl for pl in batch if pl.prefill is not None]
+    ok = [pl for pl in started if pl.ok]
+    pre_ttft = [pl.prefill.ttft_s for pl in started if pl.prefill is not None and pl.prefill.ok]
+    dec_recs = [pl.decode for pl in ok if pl.decode is not None]
+    dec_ttft = [r.ttft_s for r in dec_recs]
+    hits = [evidence[r.request_id].hit_tokens if r.request_id in evidence else None for r in dec_recs]
+    with_hits = sum(1 for h in hits if h is not None and h >= chunk)
+    a, b = dist(pre_ttft)["p50"], dist(dec_ttft)["p50"]
+    return {"trial": i, "requests": requested, "started": len(started), "completed": len(ok),
+            "failed": len(started) - len(ok), "not_started": requested - len(started),
+            "prefill_ttft_p50_s": a, "decode_ttft_p50_s": b, "ttft_ratio": ratio(a, b),
+            "decode": {"with_hits": with_hits, "hit_fraction": (with_hits / len(dec_recs)) if dec_recs else None,
+                       "ttft_s": dist(dec_ttft)},
+            "store": {"timeouts": sum(1 for pl in started if pl.store_seen is False)}}
 
 
 def histogram(s0: dict[str, mx.Snapshot], s1: dict[str, mx.Snapshot], name: str, canonical: str) -> dict[str, Any] | None:

