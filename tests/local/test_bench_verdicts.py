@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from clusterkit import free_ports, Orch, write_inventory
+from clusterkit import free_ports, Orch, write_inventory, give_free_ports
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -22,17 +22,12 @@ NOISE = {"jitter_ms": 400}
 
 
 def _p2p(d: Path, name: str, sim: dict | None, vllm: dict | None) -> Orch:
-    ports = iter(free_ports(12))
 
     def m(data: dict) -> None:
         data["cluster"] = f"{name}-{os.getpid()}"
         for h in data["hosts"].values():
             h["workdir"] = str(d / "work")
-        c = data["controller"]
-        c["port"] = next(ports)
-        c["monitor_ports"] = {"pull": next(ports), "reply": next(ports), "heartbeat": next(ports)}
-        for e in data["engines"]:
-            e.update(port=next(ports), p2p_init_port=next(ports), p2p_lookup_port=next(ports), worker_port=next(ports))
+        give_free_ports(data)
         if sim:
             data["sim"] = sim
         if vllm:

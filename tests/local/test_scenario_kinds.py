@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from clusterkit import free_ports, Orch, write_inventory
+from clusterkit import free_ports, Orch, write_inventory, give_free_ports
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -35,14 +35,9 @@ def _up(tmp_path_factory, base: str, name: str, mutate) -> tuple[Orch, Path]:
 
 @pytest.fixture(scope="module")
 def p2p(tmp_path_factory):
-    ports = iter(free_ports(12))
 
     def mutate(data: dict) -> None:
-        c = data["controller"]
-        c["port"] = next(ports)
-        c["monitor_ports"] = {"pull": next(ports), "reply": next(ports), "heartbeat": next(ports)}
-        for e in data["engines"]:
-            e.update(port=next(ports), p2p_init_port=next(ports), p2p_lookup_port=next(ports), worker_port=next(ports))
+        give_free_ports(data)
 
     orch, _ = _up(tmp_path_factory, "inventories/local.yaml", "kinds-p2p", mutate)
     try:

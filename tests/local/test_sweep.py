@@ -13,7 +13,7 @@ import time
 
 import pytest
 import yaml
-from clusterkit import ROOT, Orch, free_ports, write_inventory
+from clusterkit import ROOT, Orch, write_inventory, give_free_ports
 
 from kvorch import sweep as sw
 
@@ -91,18 +91,13 @@ def test_dry_run_lists_the_restarts_each_point_needs(tmp_path):
 
 @pytest.fixture()
 def sim_sweep(tmp_path):
-    ports = iter(free_ports(12))
     name = f"sweep-{os.getpid()}"
 
     def mutate(data: dict) -> None:
         data["cluster"] = name
         for h in data["hosts"].values():
             h["workdir"] = str(tmp_path / "work")
-        c = data["controller"]
-        c["port"] = next(ports)
-        c["monitor_ports"] = {"pull": next(ports), "reply": next(ports), "heartbeat": next(ports)}
-        for e in data["engines"]:
-            e.update(port=next(ports), p2p_init_port=next(ports), p2p_lookup_port=next(ports), worker_port=next(ports))
+        give_free_ports(data)
 
     inv = write_inventory(tmp_path / "inventory.yaml", "inventories/local.yaml", mutate)
     s = yaml.safe_load((ROOT / "sweeps/sim-chunk-prefix.yaml").read_text())

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from clusterkit import Orch, free_ports, write_inventory
+from clusterkit import Orch, write_inventory, give_free_ports
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -18,17 +18,12 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     d = tmp_path_factory.mktemp("workloads")
-    ports = iter(free_ports(12))
 
     def mutate(data: dict) -> None:
         data["cluster"] = f"workloads-{os.getpid()}"
         for h in data["hosts"].values():
             h["workdir"] = str(d / "work")
-        c = data["controller"]
-        c["port"] = next(ports)
-        c["monitor_ports"] = {"pull": next(ports), "reply": next(ports), "heartbeat": next(ports)}
-        for e in data["engines"]:
-            e.update(port=next(ports), p2p_init_port=next(ports), p2p_lookup_port=next(ports), worker_port=next(ports))
+        give_free_ports(data)
 
     inv = write_inventory(d / "inventory.yaml", "inventories/local.yaml", mutate)
     orch = Orch(d, inv)

@@ -88,19 +88,14 @@ def _free_ports_loopback(sshd_cluster, tmp_path):
     """inventories/loopback.yaml on this session's sshd, every service port free-picked."""
     import sys
 
-    from clusterkit import Orch, free_ports
+    from clusterkit import Orch, give_free_ports
 
     def m(d):
         for host in d["hosts"].values():
             host["python"] = sys.executable
             host["ssh"]["port"] = sshd_cluster.port
             host["workdir"] = str(tmp_path / "hosts" / host["address"])
-        ports = iter(free_ports(16))
-        d["controller"]["port"] = next(ports)
-        d["controller"]["monitor_ports"] = {k: next(ports) for k in d["controller"]["monitor_ports"]}
-        for e in d["engines"]:
-            for k in ("port", "p2p_init_port", "p2p_lookup_port", "worker_port"):
-                e[k] = next(ports)
+        give_free_ports(d)
     inv = write_inventory(tmp_path / "inv.yaml", "inventories/loopback.yaml", m)
     return Orch(tmp_path, inv, sshd_cluster.ssh_config)
 

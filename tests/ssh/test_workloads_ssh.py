@@ -13,24 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit import Orch, free_ports, write_inventory
+from clusterkit import Orch, write_inventory, give_free_ports
 
 pytestmark = [pytest.mark.ssh, pytest.mark.timeout(900)]
 
 
 def _cluster(sshd_cluster, tmp: Path, name: str, starve: bool = False) -> Orch:
-    ports = iter(free_ports(12))
 
     def m(d: dict) -> None:
         d["cluster"] = f"{name}-{os.getpid()}"
         for host in d["hosts"].values():
             host["ssh"]["port"] = sshd_cluster.port
             host["workdir"] = str(tmp / "hosts" / host["address"])
-        c = d["controller"]
-        c["port"] = next(ports)
-        c["monitor_ports"] = {"pull": next(ports), "reply": next(ports), "heartbeat": next(ports)}
-        for e in d["engines"]:
-            e.update(port=next(ports), p2p_init_port=next(ports), p2p_lookup_port=next(ports), worker_port=next(ports))
+        give_free_ports(d)
         if starve:
             d["vllm"]["enable_prefix_caching"] = False
             d["lmcache"]["max_local_cpu_size"] = 0.001

@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from clusterkit import ROOT, Orch, free_ports, write_inventory
+from clusterkit import ROOT, Orch, give_free_ports, write_inventory
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -29,12 +29,7 @@ def _local_cluster(tmp_path: Path) -> Orch:
 
     def m(d):
         d["cluster"] = name
-        ports = iter(free_ports(16))
-        d["controller"]["port"] = next(ports)
-        d["controller"]["monitor_ports"] = {k: next(ports) for k in d["controller"]["monitor_ports"]}
-        for e in d["engines"]:
-            for k in ("port", "p2p_init_port", "p2p_lookup_port", "worker_port"):
-                e[k] = next(ports)
+        give_free_ports(d)
         for h in d["hosts"].values():
             h["workdir"] = str(tmp_path / "hosts")
     return Orch(tmp_path, write_inventory(tmp_path / "inv.yaml", "inventories/local.yaml", m))
