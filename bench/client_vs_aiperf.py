@@ -109,11 +109,8 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def start_sim(port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-m", "kvorch.sim.engine", "--model", MODEL, "--host", "127.0.0.1", "--port", str(port),
-            "--no-enable-prefix-caching", "--disable-uvicorn-access-log", "--disable-log-stats",
-            "--max-num-seqs", "512"]
+def _spawn_until_healthy(argv: list[str], port: int, log: Path, what: str,
+                         env: dict[str, str] | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -123,23 +120,22 @@ def start_sim(port: int, log: Path) -> subprocess.Popen:
         except httpx.HTTPError:
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(f"sim engine did not start; see {log}")
+    raise RuntimeError(f"{what} did not start; see {log}")
+
+
+def start_sim(port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "kvorch.sim.engine", "--model", MODEL, "--host", "127.0.0.1", "--port", str(port),
+            "--no-enable-prefix-caching", "--disable-uvicorn-access-log", "--disable-log-stats",
+            "--max-num-seqs", "512"]
+    return _spawn_until_healthy(argv, port, log, "sim engine", env)
 
 
 def start_raw(port: int, log: Path, ttft_ms: float, itl_ms: float) -> subprocess.Popen:
     """bench/raw_sse_server.py: a server that does not queue (see its docstring)."""
     argv = [sys.executable, str(ROOT / "bench" / "raw_sse_server.py"), "--port", str(port),
             "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms)]
-    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5, trust_env=False).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"raw server did not start; see {log}")
+    return _spawn_until_healthy(argv, port, log, "raw server")
 
 
 def server_phase(before: km.Snapshot, after: km.Snapshot) -> dict[str, float | None]:
