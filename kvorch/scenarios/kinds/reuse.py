@@ -32,12 +32,8 @@ from ...client import RequestRecord
 from ..prompts import text_of_tokens
 from ..workbench import Workbench, record_view, summarize_delta
 from ..outcome import Outcome
+from .. import trials as tr
 from .calibration import Calibration, calibrate, timing_thresholds
-
-#: default number of trials on the simulated engine and on real engines
-SIM_TRIALS = 3
-REAL_TRIALS = 5
-
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,17 +46,13 @@ class Params(BaseModel):
     settle_s: float = Field(0.5, ge=0, description="pause after warm-up so the machine is quiet")
     warmup: bool = Field(True, description="one unrelated request per engine first")
     control: bool = Field(True, description="also send a different prefix of the same length to the follow-up engine")
-    trials: int | None = Field(None, ge=1, le=100, description=f"independent trials (default {SIM_TRIALS} on the "
-                               f"simulated engine, {REAL_TRIALS} on real engines)")
+    trials: int | None = Field(None, ge=1, le=100, description=f"independent trials (default {tr.SIM_TRIALS} on the "
+                               f"simulated engine, {tr.REAL_TRIALS} on real engines)")
     calibrate: bool = Field(True, description="measure cold TTFT vs length and a hit's cost first (power)")
     correctness: bool = Field(True, description="compare the follow-up's tokens with a cold (cache_salt) answer")
     tie_tolerance: float = Field(0.05, ge=0, description="a divergence where both runs' logprobs of the two tokens "
                                  "are within this many nats is a numerical tie, not a wrong answer")
     seed: int | None = Field(None, description="prompt seed (default: a fresh one per run, so no cache is warm)")
-
-
-def default_trials(wb: Workbench, *engines: Any) -> int:
-    return SIM_TRIALS if all(getattr(e, "program", "") == "sim" for e in engines) else REAL_TRIALS
 
 
 def prefix_bound(wb: Workbench, engine: Any, question_tokens: int, max_tokens: int) -> int:
@@ -120,7 +112,7 @@ def run(wb: Workbench, spec: Any, p: Params) -> Outcome:
     follow_e = wb.engine(spec.engines.get("follow_up", "role:prefill"))
     seed = p.seed if p.seed is not None else random.SystemRandom().randrange(1 << 30)
     count = lambda text: wb.tokens(base_e, text)  # noqa: E731
-    trials = p.trials or default_trials(wb, base_e, follow_e)
+    trials = p.trials or tr.default_trials([base_e, follow_e])
     q_tokens = max(0, (count(p.question) or len(p.question.split()) * 2) - 1)
     bound = prefix_bound(wb, follow_e, q_tokens, p.max_tokens)
     records: list[RequestRecord] = []
