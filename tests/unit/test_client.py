@@ -47,7 +47,8 @@ class Script:
     arrivals: list[float] = field(default_factory=list)  # time.perf_counter() (CLOCK_MONOTONIC)
     request_ids: list[str] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
-    wall: dict[str, list[float | None]] = field(default_factory=dict)  # rid → [arrival, 1st chunk]
+    # rid → [arrival, 1st chunk written, 2nd chunk written, ...] (time.time(), stamped before each write)
+    wall: dict[str, list[float | None]] = field(default_factory=dict)
     peers: list[int] = field(default_factory=list)  # the client's port of each request's connection
 
     def config(self) -> dict[str, Any]:
@@ -116,8 +117,11 @@ async def handler(request):
                 await emit({"error": {"message": "engine died", "type": "InternalServerError", "code": 500}})
                 await resp.write(b"data: [DONE]\n\n")
                 return resp
-            if i == 0:  # stamped before the write: a client may read the chunk before a stamp after it
+            # stamped before the write: a client may read the chunk before a stamp after it
+            if i == 0:
                 seen["wall"][rid][1] = time.time()
+            else:
+                seen["wall"][rid].append(time.time())
             await emit(chunk(" t%d" % i, "length" if i == n - 1 else None))
         if (body.get("stream_options") or {}).get("include_usage"):
             await emit({"id": sid, "object": "text_completion", "created": 1, "model": body["model"],
@@ -268,7 +272,21 @@ def test_ttft_itl_usage_and_request_id() -> None:
     assert r.kind == "completions" and r.url.endswith("/v1/completions") and r.engine == "prefill"
     assert r.output_text == " t0 t1 t2 t3 t4" and r.num_chunks == 5 and r.finish_reason == "length"
     assert (r.prompt_tokens, r.output_tokens, r.cached_tokens) == (7, 5, 0)
-    assert len(r.itl_s) == 4 and all(0.015 < x < 0.05 for x in r.itl_s), r.itl_s
+    # ITL: each gap is the gap between the server's writes, measured at the client's end (a chunk
+    # the server wrote late shortens the next gap on both ends alike, so the gaps are compared with
+    # the server's own, not with the scripted 20 ms)
+    assert len(r.itl_s) == 4 and all(x > 0 for x in r.itl_s), r.itl_s
+    lag = []
+    for rec in recs:
+        arrivals = [rec.started_at + rec.ttft_s]
+        for gap in rec.itl_s:
+            arrivals.append(arrivals[-1] + gap)
+        written = sc.wall[rec.request_id][1:]
+        assert len(written) == len(arrivals) == 5
+        lag += [a - w for a, w in zip(arrivals, written)]
+    assert min(lag) > -0.001, lag
+    assert statistics.median(lag) < 0.002, lag
+    assert statistics.median(x for rec in recs for x in rec.itl_s) > 0.015
     assert statistics.median(x for rr in recs for x in rr.itl_s) == pytest.approx(0.02, abs=0.003)
     assert r.tpot_s == pytest.approx((r.e2e_s - r.ttft_s) / 4)
     assert r.e2e_s >= r.ttft_s + sum(r.itl_s) - 1e-6
