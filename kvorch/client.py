@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .h1 import H1Error, H1Pool
+from .h1 import H1Error, H1Pool, Response
 
 if TYPE_CHECKING:
     import httpx
@@ -128,6 +128,10 @@ class RequestRecord(BaseModel):
     error: str | None = None
     http_status: int | None = None
     response_id: str | None = Field(None, description="the 'id' field of the streamed chunks")
+    arrival_clock: Literal["kernel", "loop", "mixed"] | None = Field(
+        None, description="what stamped the answer's arrival times (ttft, itl, e2e): 'kernel' = the "
+        "kernel's receive time of the bytes (Linux SO_TIMESTAMPNS), 'loop' = when the client's event "
+        "loop read them (httpx, or no kernel stamps), 'mixed' = some of each; None: no byte arrived")
     tags: dict[str, str] = Field(default_factory=dict, description="free labels (phase, role…)")
 
     @property
@@ -234,7 +238,7 @@ class _Progress:
     """Mutable state of one streaming request, kept outside the timed-out coroutine."""
 
     __slots__ = ("t_call", "t0", "wall0", "sent", "last", "text", "itl", "ttft", "chunks", "usage", "finish", "rid",
-                 "http", "error_body", "token_ids", "top_logprobs", "t_end", "done", "failure")
+                 "http", "error_body", "token_ids", "top_logprobs", "t_end", "done", "failure", "resp")
 
     def __init__(self) -> None:
         self.t_call = time.perf_counter()
@@ -256,6 +260,14 @@ class _Progress:
         self.t_end: float | None = None  # when [DONE] (or the error chunk) arrived
         self.done = False
         self.failure: str | None = None
+        self.resp: Response | None = None  # the lean path's answer, filled as it arrives
+
+    @property
+    def clock(self) -> Literal["kernel", "loop", "mixed"] | None:
+        if self.resp is not None:
+            r = self.resp
+            return r.clock if r.kernel_reads or r.loop_reads else None
+        return "loop" if self.http is not None else None
 
     async def trace(self, event: str, info: dict[str, Any]) -> None:
         """httpx's ``trace`` extension: the clock starts when the request's headers start going
@@ -355,9 +367,11 @@ async def _stream_h1(
         p.wall0 = time.time()
         p.sent = True
 
+    p.resp = Response()
     resp = await pool.request(u.hostname or "127.0.0.1", u.port or 80, path, _dumps(body), headers,
                               sink=lambda data, now: _on_data(p, kind, data, now), on_wire=on_wire,
-                              connect_timeout=min(read_timeout, 10.0), body_limit=_ERROR_BODY_LIMIT)
+                              connect_timeout=min(read_timeout, 10.0), body_limit=_ERROR_BODY_LIMIT,
+                              into=p.resp)
     p.http = resp.status
     p.t_end = resp.ended_at
     if resp.status >= 400:
@@ -549,6 +563,7 @@ async def send(
         error=error,
         http_status=p.http,
         response_id=p.rid,
+        arrival_clock=p.clock,
         tags=dict(tags or {}),
     )
 

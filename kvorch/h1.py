@@ -7,7 +7,16 @@ several awaits before the caller sees it, which adds to the TTFT it measures. He
 
 * bytes are parsed where they arrive (``data_received``): each SSE ``data:`` line is handed to the
   caller's callback *with the time it arrived*, synchronously, without waking a task per chunk;
-* the request goes out in one ``write`` (the clock starts right before it);
+* "the time it arrived" is the kernel's receive time where the kernel gives one (Linux:
+  ``SO_TIMESTAMPNS``; the connection reads its non-blocking socket with ``recvmsg`` from
+  ``loop.add_reader`` instead of asyncio's transport), not the moment the event loop got round to
+  the bytes: under load the loop is late (other requests' chunks, other processes on the cores)
+  and that delay is the client's, not the server's. See :class:`KernelClock` for the clock
+  conversion and :class:`_StampedSocket` for which segment's time a read carries. Elsewhere (no
+  such option, a loop without ``add_reader``) the bytes are stamped when the loop reads them;
+  :attr:`Response.clock` says which clock stamped an answer;
+* the request goes out in one ``send`` (the clock starts right before the bytes are handed to the
+  kernel);
 * keep-alive connections are pooled per (host, port) and per event loop, bounded like httpx's
   ``max_connections`` (a request beyond the bound waits for a connection — not counted as latency);
 * chunked and Content-Length bodies; a stale keep-alive connection (closed by the server before
@@ -19,17 +28,81 @@ What it does not do (callers use httpx for these): TLS, proxies, redirects, comp
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import struct
+import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["H1Pool", "H1Error", "ConnectError", "Response", "EventSink"]
+__all__ = ["H1Pool", "H1Error", "ConnectError", "Response", "EventSink", "KernelClock", "CLOCK", "Clock"]
 
 #: an SSE ``data:`` payload (bytes, stripped) and the perf_counter() time its bytes arrived;
 #: returns True when the stream is complete for the caller (e.g. ``[DONE]``)
 EventSink = Callable[[bytes, float], bool]
 
+#: which clock stamped an answer's bytes: "kernel" (every read carried the kernel's receive time),
+#: "loop" (stamped when the event loop read them), "mixed" (some of each)
+Clock = Literal["kernel", "loop", "mixed"]
+
 _MAX_HEAD = 64 * 1024
+_READ_SIZE = 256 * 1024
+#: SO_TIMESTAMPNS: Python's socket module does not name it; 35 on Linux (asm-generic/socket.h)
+_SO_TIMESTAMPNS: int | None = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else None)
+_TIMESPEC = struct.Struct("@ll")  # struct timespec {time_t tv_sec; long tv_nsec;} (64-bit Linux)
+_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+#: KVORCH_CLIENT_STAMPS=loop: stamp bytes when the loop reads them, even where the kernel could
+_KERNEL_STAMPS = os.environ.get("KVORCH_CLIENT_STAMPS", "").lower() != "loop"
+
+
+class KernelClock:
+    """Converts the kernel's receive stamps (CLOCK_REALTIME) to the client's clock
+    (``time.perf_counter()``, CLOCK_MONOTONIC on Linux) with one offset.
+
+    The offset is read as ``realtime − monotonic`` between two monotonic reads; of a few tries the
+    tightest bracket is kept, and half its width is :attr:`error_ns`, the conversion error
+    (typically well under a microsecond). Both clocks run at the same rate (NTP slews both), but
+    the wall clock can be *stepped*: the offset is taken again when it is older than
+    ``max_age_s`` (see :meth:`refresh_if_old`, called once per request), and a converted stamp
+    that is in the future, or more than a minute in the past, is not used (the loop's stamp is).
+    """
+
+    def __init__(self, max_age_s: float = 1.0) -> None:
+        self.max_age_s = max_age_s
+        self.offset_ns = 0
+        self.error_ns = 0
+        self.taken_at = -1e18
+        self.refresh()
+
+    def refresh(self) -> None:
+        best: tuple[int, int] | None = None
+        mono, real = time.monotonic_ns, time.time_ns
+        for _ in range(5):
+            m1 = mono()
+            r = real()
+            m2 = mono()
+            if best is None or m2 - m1 < best[0]:
+                best = (m2 - m1, r - (m1 + m2) // 2)
+        assert best is not None
+        self.error_ns = (best[0] + 1) // 2
+        self.offset_ns = best[1]
+        self.taken_at = time.perf_counter()
+
+    def refresh_if_old(self, now: float) -> None:
+        if now - self.taken_at > self.max_age_s:
+            self.refresh()
+
+    def to_perf(self, realtime_ns: int) -> float:
+        """A CLOCK_REALTIME time (ns) on the perf_counter() scale (s)."""
+        return (realtime_ns - self.offset_ns) / 1e9
+
+
+#: the process's conversion of kernel stamps (perf_counter is CLOCK_MONOTONIC on Linux, where
+#: kernel stamps are used; elsewhere they are not)
+CLOCK = KernelClock()
+_USE_KERNEL = (_KERNEL_STAMPS and _SO_TIMESTAMPNS is not None and _ANC_SIZE > 0
+               and time.get_clock_info("perf_counter").implementation == "clock_gettime(CLOCK_MONOTONIC)")
 #: how long a request waits for a connection that is finishing its last answer before it opens one
 _DRAIN_WAIT_S = 0.05
 
@@ -45,22 +118,188 @@ class ConnectError(H1Error):
 class Response:
     """What a request got: status, headers (lower-case names), the body when not streamed."""
 
-    __slots__ = ("status", "headers", "body", "ended_at")
+    __slots__ = ("status", "headers", "body", "ended_at", "kernel_reads", "loop_reads")
 
     def __init__(self) -> None:
         self.status: int = 0
         self.headers: dict[str, str] = {}
         self.body = bytearray()
         self.ended_at: float | None = None
+        self.kernel_reads = 0  # reads of this answer stamped with the kernel's receive time
+        self.loop_reads = 0  # … stamped when the loop read them
+
+    @property
+    def clock(self) -> Clock:
+        """Which clock stamped this answer's bytes (and so its events' times)."""
+        if self.loop_reads == 0:
+            return "kernel" if self.kernel_reads else "loop"
+        return "mixed" if self.kernel_reads else "loop"
 
 
-class _Conn(asyncio.Protocol):
-    """One keep-alive connection; one request at a time."""
+class _StampedSocket:
+    """The transport of one connection: a non-blocking TCP socket watched with ``loop.add_reader``
+    and read with ``recvmsg``, so that every read carries the kernel's receive time.
+
+    With ``SO_TIMESTAMPNS`` the kernel stamps each segment when it arrives (CLOCK_REALTIME); a TCP
+    read reports the stamp of the *last* segment it copied (segments queued unread are merged and
+    keep the later stamp). So when several SSE events arrive in one read, all get the time of the
+    last byte of that read: never earlier than the true arrival of any of them — conservative for
+    the first token (TTFT can only be overstated, by at most the gap to the read's last segment),
+    and events of one read have zero gaps between them, as with loop stamps.
+
+    Only what :class:`_Conn` needs of a transport: ``write``, ``abort``, ``is_closing``;
+    ``connection_lost`` comes via ``call_soon`` as with asyncio's transports.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, proto: _Conn, stamps: bool) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.proto = proto
+        self.stamps = stamps
+        self.wbuf = bytearray()
+        self.closing = False
+        loop.add_reader(self.fd, self._read)
+
+    def _read(self) -> None:
+        try:
+            if self.stamps:
+                data, anc, _flags, _addr = self.sock.recvmsg(_READ_SIZE, _ANC_SIZE)
+            else:
+                data, anc = self.sock.recv(_READ_SIZE), ()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._close(e)
+            return
+        now = time.perf_counter()
+        if not data:
+            self.loop.remove_reader(self.fd)
+            if not self.proto.eof_received():
+                self._close(None)
+            return
+        kernel = False
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
+                sec, nsec = _TIMESPEC.unpack_from(payload)
+                t = CLOCK.to_perf(sec * 1_000_000_000 + nsec)
+                if now - 60.0 < t <= now + 0.001:  # else the wall clock was stepped: the loop's time
+                    now = min(t, now)
+                    kernel = True
+        self.proto.data_received(data, now, kernel)
+
+    def write(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.wbuf:
+            self.wbuf += data
+            return
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as e:
+            self._close(e)
+            return
+        if n < len(data):
+            self.wbuf += data[n:]
+            self.loop.add_writer(self.fd, self._write_more)
+
+    def _write_more(self) -> None:
+        try:
+            n = self.sock.send(self.wbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._close(e)
+            return
+        del self.wbuf[:n]
+        if not self.wbuf:
+            self.loop.remove_writer(self.fd)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def abort(self) -> None:
+        self._close(None)
+
+    def _close(self, exc: Exception | None) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.loop.remove_reader(self.fd)
+        if self.wbuf:
+            self.loop.remove_writer(self.fd)
+            self.wbuf.clear()
+        self.sock.close()
+        self.loop.call_soon(self.proto.connection_lost, exc)
+
+
+class _LoopStamped(asyncio.Protocol):
+    """Where a loop cannot watch sockets (``add_reader``: e.g. Windows' proactor): asyncio's own
+    transport, bytes stamped when the loop hands them over."""
+
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self.conn.eof_received()
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.data_received(data, time.perf_counter(), False)
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, conn: _Conn) -> None:
+    """Connect ``conn`` to host:port on a stamped socket (or asyncio's transport, see above)."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    if not infos:
+        raise OSError(f"no address for {host}")
+    last: OSError | None = None
+    for family, type_, proto, _, addr in infos:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, addr)
+        except OSError as e:
+            sock.close()
+            last = e
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        stamps = False
+        if _USE_KERNEL:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)  # type: ignore[arg-type]
+                stamps = True
+            except OSError:
+                pass
+        try:
+            tr: Any = _StampedSocket(loop, sock, conn, stamps)
+        except NotImplementedError:  # no add_reader on this loop
+            await loop.create_connection(lambda: _LoopStamped(conn), sock=sock)
+            return
+        conn.connection_made(tr)
+        return
+    assert last is not None
+    raise last
+
+
+class _Conn:
+    """One keep-alive connection; one request at a time. Protocol-like: ``data_received`` gets
+    each read's bytes with their arrival time and whether the kernel stamped it."""
 
     def __init__(self, pool: H1Pool, key: tuple[str, int]) -> None:
         self.pool = pool
         self.key = key
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None
         self.closed = False
         self.reused = False
         self._reset()
@@ -79,10 +318,10 @@ class _Conn(asyncio.Protocol):
         self.stopped = False
         self.draining = False  # the caller has its answer; back to the pool when the message ends
 
-    # ---- asyncio.Protocol ----------------------------------------------------------------------
+    # ---- transport callbacks ------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -97,13 +336,16 @@ class _Conn(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost decides what the response was
 
-    def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
+    def data_received(self, data: bytes, now: float, kernel: bool) -> None:
         if self.fut is None or self.state in ("idle", "done") or (self.fut.cancelled()):
             # bytes nobody asked for (or after a cancelled request): the connection is unusable
             self._abort()
             return
         self.got_bytes = True
+        if kernel:
+            self.resp.kernel_reads += 1  # type: ignore[union-attr]
+        else:
+            self.resp.loop_reads += 1  # type: ignore[union-attr]
         self.buf += data
         try:
             self._parse(now)
@@ -114,11 +356,12 @@ class _Conn(asyncio.Protocol):
 
     # ---- request ----------------------------------------------------------------------------
 
-    def start(self, head: bytes, body: bytes, sink: EventSink | None, body_limit: int) -> asyncio.Future[Response]:
+    def start(self, head: bytes, body: bytes, sink: EventSink | None, body_limit: int,
+              into: Response | None = None) -> asyncio.Future[Response]:
         """Send the request (one write); the future resolves at the end of the answer."""
         assert self.transport is not None
         self.fut = asyncio.get_running_loop().create_future()
-        self.resp = Response()
+        self.resp = into if into is not None else Response()
         self.sink = sink
         self.body_limit = body_limit
         self.state = "head"
@@ -349,8 +592,7 @@ class H1Pool:
         placeholder = _Conn(self, key)
         opened.add(placeholder)  # counts against the bound while connecting
         try:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: placeholder, host, port), connect_timeout)
+            await asyncio.wait_for(_connect(loop, host, port, placeholder), connect_timeout)
         except (OSError, asyncio.TimeoutError) as e:
             opened.discard(placeholder)
             self._wake(key)
@@ -360,7 +602,7 @@ class H1Pool:
             opened.discard(placeholder)
             self._wake(key)
             raise
-        return proto
+        return placeholder
 
     def _release(self, c: _Conn) -> None:
         if c.closed or self.closed or not c.keep:
@@ -385,10 +627,12 @@ class H1Pool:
         on_wire: Callable[[], None] | None = None,
         connect_timeout: float = 10.0,
         body_limit: int = 1 << 20,
+        into: Response | None = None,
     ) -> Response:
         """POST ``body`` to ``path``; SSE ``data:`` lines go to ``sink`` as they arrive (2xx only;
         an error status's body is kept, up to ``body_limit``). ``on_wire`` is called right before
-        the request's bytes are written. Cancel-safe: a cancelled request closes its connection."""
+        the request's bytes are written. ``into``: the Response to fill (the caller sees what arrived
+        even when it cancels the request). Cancel-safe: a cancelled request closes its connection."""
         if self.closed:
             raise H1Error("the client is closed")
         hdrs = {"host": f"{host}:{port}", **{k.lower(): v for k, v in self.headers.items()},
@@ -399,9 +643,10 @@ class H1Pool:
                 + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n").encode("latin-1")
         for attempt in (0, 1):
             c = await self._acquire(host, port, connect_timeout)
+            CLOCK.refresh_if_old(time.perf_counter())
             if on_wire is not None:
                 on_wire()
-            fut = c.start(head, body, sink, body_limit)
+            fut = c.start(head, body, sink, body_limit, into)
             try:
                 resp = await fut
             except H1Error:
