@@ -22,6 +22,7 @@ suffix when it matches log lines to records.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import os
@@ -303,21 +304,29 @@ def _on_data(p: _Progress, kind: Kind, data: bytes | str, now: float) -> bool:
             return True
     if p.rid is None and isinstance(obj.get("id"), str):
         p.rid = obj["id"]
-    if isinstance(obj.get("usage"), dict):
-        p.usage = obj["usage"]
+    usage = obj.get("usage")
+    if usage is not None and isinstance(usage, dict):
+        p.usage = usage
     text = ""
     new_ids = 0
-    for choice in obj.get("choices") or []:
-        text += _chunk_text(choice, kind)
-        ids = choice.get("token_ids")
-        if isinstance(ids, list):
-            p.token_ids = (p.token_ids or []) + [int(t) for t in ids]
-            new_ids += len(ids)
+    for choice in obj.get("choices") or ():
+        if kind == "completions":  # _chunk_text, inlined for the usual case (a chunk is ~1 token)
+            t = choice.get("text")
+            if t.__class__ is str:
+                text += t
+        else:
+            text += _chunk_text(choice, kind)
+        if "token_ids" in choice:
+            ids = choice["token_ids"]
+            if isinstance(ids, list):
+                p.token_ids = (p.token_ids or []) + [int(t) for t in ids]
+                new_ids += len(ids)
         lp = choice.get("logprobs")
-        if isinstance(lp, dict) and isinstance(lp.get("top_logprobs"), list):
+        if lp and isinstance(lp, dict) and isinstance(lp.get("top_logprobs"), list):
             p.top_logprobs = (p.top_logprobs or []) + [_top(d) for d in lp["top_logprobs"]]
-        if choice.get("finish_reason"):
-            p.finish = choice["finish_reason"]
+        finish = choice.get("finish_reason")
+        if finish:
+            p.finish = finish
     if text or new_ids:  # a token whose text is empty (a partial UTF-8 piece) is still a token
         if p.ttft is None:
             p.ttft = now - p.t0
@@ -369,7 +378,7 @@ async def _stream_h1(
 
     p.resp = Response()
     resp = await pool.request(u.hostname or "127.0.0.1", u.port or 80, path, _dumps(body), headers,
-                              sink=lambda data, now: _on_data(p, kind, data, now), on_wire=on_wire,
+                              sink=functools.partial(_on_data, p, kind), on_wire=on_wire,
                               connect_timeout=min(read_timeout, 10.0), body_limit=_ERROR_BODY_LIMIT,
                               into=p.resp)
     p.http = resp.status

@@ -166,7 +166,7 @@ class _StampedSocket:
             if self.stamps:
                 data, anc, _flags, _addr = self.sock.recvmsg(_READ_SIZE, _ANC_SIZE)
             else:
-                data, anc = self.sock.recv(_READ_SIZE), ()
+                data, anc = self.sock.recv(_READ_SIZE), None
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -179,12 +179,14 @@ class _StampedSocket:
                 self._close(None)
             return
         kernel = False
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
+        if anc:  # one control message at most: the only option asked for
+            level, kind, payload = anc[0]
+            if kind == _SO_TIMESTAMPNS and level == socket.SOL_SOCKET and len(payload) >= _TIMESPEC.size:
                 sec, nsec = _TIMESPEC.unpack_from(payload)
-                t = CLOCK.to_perf(sec * 1_000_000_000 + nsec)
+                t = (sec * 1_000_000_000 + nsec - CLOCK.offset_ns) / 1e9  # CLOCK.to_perf, inlined
                 if now - 60.0 < t <= now + 0.001:  # else the wall clock was stepped: the loop's time
-                    now = min(t, now)
+                    if t < now:
+                        now = t
                     kernel = True
         self.proto.data_received(data, now, kernel)
 
@@ -342,13 +344,18 @@ class _Conn:
             self._abort()
             return
         self.got_bytes = True
+        resp = self.resp
+        assert resp is not None
         if kernel:
-            self.resp.kernel_reads += 1  # type: ignore[union-attr]
+            resp.kernel_reads += 1
         else:
-            self.resp.loop_reads += 1  # type: ignore[union-attr]
-        self.buf += data
+            resp.loop_reads += 1
+        if self.buf:  # the rest of a line or chunk that the last read cut (rare): join, once
+            self.buf += data
+            data = bytes(self.buf)
+            self.buf = bytearray()
         try:
-            self._parse(now)
+            self._parse(data, now)
         except H1Error as e:
             if not self.fut.done():
                 self.fut.set_exception(e)
@@ -388,7 +395,20 @@ class _Conn:
         elif self.draining:
             self.pool._release(self)
 
-    def _body(self, data: bytes | bytearray, now: float) -> None:
+    def _event(self, payload: bytes, now: float) -> None:
+        """One SSE ``data:`` payload for the sink; [DONE] (the sink says so) hands the answer over."""
+        assert self.sink is not None
+        if self.sink(payload, now):
+            # the caller's answer is complete ([DONE]): hand it over now, and read the rest of
+            # the message (the chunked terminator) so the connection can be reused
+            self.stopped = True
+            resp = self.resp
+            assert resp is not None
+            resp.ended_at = now
+            if self.fut is not None and not self.fut.done():
+                self.fut.set_result(resp)
+
+    def _body(self, data: bytes, now: float) -> None:
         resp = self.resp
         assert resp is not None
         if self.sink is None or resp.status >= 300:
@@ -398,40 +418,80 @@ class _Conn:
             return
         if self.stopped:
             return
-        self.sse += data
-        start = 0
+        if not self.sse and data.startswith(b"data:") and data.find(b"\n") == len(data) - 2 and data.endswith(b"\n\n"):
+            # the usual chunk of an OpenAI-style stream: exactly one line, one event, "data: {...}\n\n"
+            self._event(data[5:-2].strip(), now)
+            return
         sse = self.sse
-        while True:
+        sse += data
+        start = 0
+        while not self.stopped:
             nl = sse.find(b"\n", start)
             if nl < 0:
                 break
             line = bytes(sse[start:nl]).strip()
             start = nl + 1
             if line.startswith(b"data:"):
-                if self.sink(line[5:].strip(), now):
-                    # the caller's answer is complete ([DONE]): hand it over now, and read the
-                    # rest of the message (the chunked terminator) so the connection can be reused
-                    self.stopped = True
-                    resp.ended_at = now
-                    if self.fut is not None and not self.fut.done():
-                        self.fut.set_result(resp)
-                    break
+                self._event(line[5:].strip(), now)
         del sse[:start]
 
-    def _parse(self, now: float) -> None:
-        buf = self.buf
+    def _parse(self, data: bytes, now: float) -> None:
+        """Parse ``data`` from ``pos`` on (no copies of what is consumed); what a read cut short
+        stays in ``self.buf`` for the next read."""
         resp = self.resp
         assert resp is not None
-        while True:
+        pos = 0
+        end_all = len(data)
+        while pos < end_all or self.state == "length":
             st = self.state
-            if st == "head":
-                end = buf.find(b"\r\n\r\n")
+            if st == "chunk_size":
+                nl = data.find(b"\r\n", pos)
+                if nl < 0:
+                    if end_all - pos > 1024:
+                        raise H1Error("bad chunk header")
+                    break
+                size_s = data[pos:nl].split(b";", 1)[0].strip()
+                try:
+                    size = int(size_s, 16)
+                except ValueError as e:
+                    raise H1Error(f"bad chunk size {size_s[:20]!r}") from e
+                pos = nl + 2
+                if size == 0:
+                    self.state = "trailer"
+                    continue
+                if end_all - pos >= size + 2:  # the whole chunk and its CRLF are here (usual)
+                    piece = data[pos:pos + size]
+                    pos += size
+                    if data[pos:pos + 2] != b"\r\n":
+                        raise H1Error("bad chunk end")
+                    pos += 2
+                    self._body(piece, now)
+                    continue
+                self.remaining = size
+                self.state = "chunk_data"
+            elif st == "chunk_data":
+                n = min(self.remaining, end_all - pos)
+                piece = data[pos:pos + n]
+                pos += n
+                self.remaining -= n
+                self._body(piece, now)
+                if self.remaining == 0:
+                    self.state = "chunk_end"
+            elif st == "chunk_end":
+                if end_all - pos < 2:
+                    break
+                if data[pos:pos + 2] != b"\r\n":
+                    raise H1Error("bad chunk end")
+                pos += 2
+                self.state = "chunk_size"
+            elif st == "head":
+                end = data.find(b"\r\n\r\n", pos)
                 if end < 0:
-                    if len(buf) > _MAX_HEAD:
+                    if end_all - pos > _MAX_HEAD:
                         raise H1Error("response headers too large")
-                    return
-                lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
-                del buf[: end + 4]
+                    break
+                lines = data[pos:end].decode("latin-1").split("\r\n")
+                pos = end + 4
                 parts = lines[0].split(" ", 2)
                 if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
                     raise H1Error(f"not an HTTP/1.x response: {lines[0][:80]!r}")
@@ -460,68 +520,35 @@ class _Conn:
                 else:
                     self.keep = False
                     self.state = "eof"
-            elif st == "chunk_size":
-                nl = buf.find(b"\r\n")
-                if nl < 0:
-                    if len(buf) > 1024:
-                        raise H1Error("bad chunk header")
-                    return
-                size_s = bytes(buf[:nl]).split(b";", 1)[0].strip()
-                del buf[: nl + 2]
-                try:
-                    size = int(size_s, 16)
-                except ValueError as e:
-                    raise H1Error(f"bad chunk size {size_s[:20]!r}") from e
-                if size == 0:
-                    self.state = "trailer"
-                else:
-                    self.remaining = size
-                    self.state = "chunk_data"
-            elif st == "chunk_data":
-                if not buf:
-                    return
-                n = min(self.remaining, len(buf))
-                piece = buf[:n]
-                del buf[:n]
-                self.remaining -= n
-                self._body(piece, now)
-                if self.remaining == 0:
-                    self.state = "chunk_end"
-            elif st == "chunk_end":
-                if len(buf) < 2:
-                    return
-                if buf[:2] != b"\r\n":
-                    raise H1Error("bad chunk end")
-                del buf[:2]
-                self.state = "chunk_size"
             elif st == "trailer":
-                nl = buf.find(b"\r\n")
+                nl = data.find(b"\r\n", pos)
                 if nl < 0:
-                    return
-                line = buf[:nl]
-                del buf[: nl + 2]
-                if not line:
+                    break
+                empty = nl == pos
+                pos = nl + 2
+                if empty:
+                    self.buf = bytearray(data[pos:])
                     self._complete()
                     return
             elif st == "length":
-                n = min(self.remaining, len(buf))
+                n = min(self.remaining, end_all - pos)
                 if n:
-                    piece = buf[:n]
-                    del buf[:n]
+                    piece = data[pos:pos + n]
+                    pos += n
                     self.remaining -= n
                     self._body(piece, now)
                 if self.remaining == 0:
+                    self.buf = bytearray(data[pos:])
                     self._complete()
                     return
-                return
+                break
             elif st == "eof":
-                if buf:
-                    piece = bytes(buf)
-                    buf.clear()
-                    self._body(piece, now)
-                return
+                self._body(data[pos:], now)
+                pos = end_all
             else:
-                raise H1Error(f"unexpected bytes after the response ({len(buf)})")
+                raise H1Error(f"unexpected bytes after the response ({end_all - pos})")
+        if pos < end_all:
+            self.buf = bytearray(data[pos:])
 
     def _complete(self) -> None:
         if self.buf:
