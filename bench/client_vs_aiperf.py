@@ -89,6 +89,8 @@ print(json.dumps({"requests": len(recs), "ok": s["ok"], "req_per_s": s.get("requ
                   "prompt_tokens": s.get("prompt_tokens", 0) / max(1, s["ok"]), "wall_s": wall,
                   "loop_lag_p50_ms": 1000 * lags[len(lags) // 2] if lags else None,
                   "loop_lag_p90_ms": 1000 * lags[int(0.9 * (len(lags) - 1))] if lags else None,
+                  "arrival_clocks": {k: sum(1 for r in recs if getattr(r, "arrival_clock", None) == k)
+                                     for k in ("kernel", "loop", "mixed")},
                   "errors": sorted({r.error for r in recs if not r.ok})[:3]}))
 """
 
@@ -222,6 +224,8 @@ def phase(tool: str, fn, metrics_url: str, raw: bool = False) -> dict[str, Any]:
         st = httpx.get(base + "/stats", timeout=5, trust_env=False).json()
         res.update(server_ttft_mean_ms=st["first_byte_mean_ms"], server_ttft_p50_ms=st["first_byte_p50_ms"],
                    server_requests=st["count"], server_loop_lag_p50_ms=st["loop_lag_p50_ms"],
+                   server_ttft_from_arrival_p50_ms=st.get("first_byte_from_arrival_p50_ms"),
+                   server_itl_mean_ms=st.get("itl_mean_ms"),
                    server_loop_lag_p90_ms=st["loop_lag_p90_ms"])
     else:
         after = km.scrape(metrics_url)
@@ -229,6 +233,10 @@ def phase(tool: str, fn, metrics_url: str, raw: bool = False) -> dict[str, Any]:
     ref = res.get("server_ttft_p50_ms") if raw else res.get("server_ttft_mean_ms")
     if res.get("ttft_p50_ms") is not None and ref is not None:
         res["overhead_ms"] = res["ttft_p50_ms"] - ref
+    # raw: against the server's clock from the request's *arrival* (kernel stamp): what is left is
+    # the client's alone (the wait for the server's loop to read the request is taken out)
+    if raw and res.get("ttft_p50_ms") is not None and res.get("server_ttft_from_arrival_p50_ms") is not None:
+        res["overhead_vs_arrival_ms"] = res["ttft_p50_ms"] - res["server_ttft_from_arrival_p50_ms"]
     # ITL: mean against mean (a server catching up emits several tokens back to back: gaps of ~0 that
     # make a median meaningless, on both sides)
     if res.get("itl_mean_ms") is not None and res.get("server_itl_mean_ms") is not None:
@@ -335,7 +343,9 @@ def main() -> int:
                         rows.append(r)
                         print(f"  round {rnd} c={c:<3} out={out:<3} {tool:6} {r.get('req_per_s') or 0:7.1f} req/s  "
                               f"TTFT p50 {r.get('ttft_p50_ms') or 0:7.2f} ms  server mean {r.get('server_ttft_mean_ms') or 0:7.2f} ms  "
-                              f"overhead {r.get('overhead_ms', float('nan')):+6.2f} ms  ITL p50 {r.get('itl_p50_ms') or 0:6.2f} "
+                              f"overhead {r.get('overhead_ms', float('nan')):+6.2f} ms"
+                              + (f" (vs request arrival {r['overhead_vs_arrival_ms']:+6.2f})" if r.get("overhead_vs_arrival_ms") is not None else "")
+                              + f"  ITL p50 {r.get('itl_p50_ms') or 0:6.2f} "
                               f"(server {r.get('server_itl_mean_ms') or 0:5.2f})  CPU/req {r.get('cpu_ms_per_request') or 0:5.2f} ms  "
                               f"prompt {r.get('server_prompt_tokens') or 0:.0f} tok"
                               + (f"  client loop lag p50 {r['loop_lag_p50_ms']:.2f} p90 {r['loop_lag_p90_ms']:.2f} ms"
@@ -365,6 +375,7 @@ def main() -> int:
         oc, oa_ = med(cl, "overhead_ms"), med(ai, "overhead_ms")
         line = {"concurrency": c, "output_tokens": out, "client_req_per_s": rc, "aiperf_req_per_s": ra,
                 "req_per_s_ratio": ratio, "client_overhead_ms": oc, "aiperf_overhead_ms": oa_,
+                "client_overhead_vs_arrival_ms": med(cl, "overhead_vs_arrival_ms"),
                 "client_itl_overhead_ms": med(cl, "itl_overhead_ms"), "aiperf_itl_overhead_ms": med(ai, "itl_overhead_ms"),
                 "client_cpu_ms_per_request": med(cl, "cpu_ms_per_request"),
                 "client_loop_lag_p50_ms": med(cl, "loop_lag_p50_ms"), "client_loop_lag_p90_ms": med(cl, "loop_lag_p90_ms"),
@@ -373,6 +384,9 @@ def main() -> int:
         print(f"{c:>4} {out:>4} | {fmt(rc):>22} {fmt(ra):>22} {(f'{ratio:.2f}' if ratio else '-'):>6} | "
               f"{fmt(oc, 2):>22} {fmt(oa_, 2):>22} | {fmt(line['client_cpu_ms_per_request'], 2):>18} "
               f"{fmt(line['aiperf_cpu_ms_per_request'], 1):>18}")
+        if raw and line["client_overhead_vs_arrival_ms"][0] is not None:
+            print(f"{'':>9} client overhead vs the request's arrival at the server (its loop's wait taken out): "
+                  f"{fmt(line['client_overhead_vs_arrival_ms'], 2)} ms")
         if out == a.output_tokens:
             if oc[0] is None or oc[0] > 2.0:
                 goals_met = False
