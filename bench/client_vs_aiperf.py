@@ -89,6 +89,8 @@ print(json.dumps({"requests": len(recs), "ok": s["ok"], "req_per_s": s.get("requ
                   "prompt_tokens": s.get("prompt_tokens", 0) / max(1, s["ok"]), "wall_s": wall,
                   "loop_lag_p50_ms": 1000 * lags[len(lags) // 2] if lags else None,
                   "loop_lag_p90_ms": 1000 * lags[int(0.9 * (len(lags) - 1))] if lags else None,
+                  # the first token read together with the next (gap 0): its stamp is the later one's
+                  "first_read_shared": sum(1 for r in recs if r.ok and r.itl_s and r.itl_s[0] == 0.0) / max(1, s["ok"]),
                   "arrival_clocks": {k: sum(1 for r in recs if getattr(r, "arrival_clock", None) == k)
                                      for k in ("kernel", "loop", "mixed")},
                   "errors": sorted({r.error for r in recs if not r.ok})[:3]}))

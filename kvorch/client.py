@@ -17,6 +17,25 @@ vLLM's OpenAI server builds its own ids from that header (``serving.py``: ``_bas
 
 :func:`server_request_ids` gives the ids before the random suffix; :mod:`kvorch.evidence` strips the
 suffix when it matches log lines to records.
+
+How the times are taken (the lean path, :mod:`kvorch.h1`, used for every plain ``http://`` URL):
+
+* the clock starts right before the request's bytes are handed to the kernel (``send``); waiting
+  for a pooled connection or connecting is ``send_wait_s``, not latency;
+* a chunk's time is when its bytes *arrived at this host*: on Linux the kernel stamps every
+  received segment (``SO_TIMESTAMPNS``, read with ``recvmsg``), converted from CLOCK_REALTIME to
+  ``perf_counter`` with one offset (error: half a two-clock-read bracket, well under 1 µs,
+  re-taken every second against wall-clock steps). That is what the server's first token *is*
+  at the client; the time the client's own event loop then takes to get to those bytes (other
+  requests' chunks, other processes on the cores) is the client's processing delay, not the
+  server's latency, and is not in the record. Without kernel stamps (other OS, a loop without
+  ``add_reader``, ``KVORCH_CLIENT_STAMPS=loop``, or the httpx path) a chunk is stamped when the
+  loop reads it, which includes that delay. ``RequestRecord.arrival_clock`` says which clock a
+  record used;
+* a read reports the arrival of its *last* segment (the kernel merges segments that wait unread
+  and keeps the later stamp): when the loop was so late that the first token and later ones are
+  read together, the first token gets the later time — TTFT overstated by that gap, never
+  understated — and the gaps between the events of one read are 0 (as with loop stamps).
 """
 
 from __future__ import annotations
@@ -106,7 +125,8 @@ class RequestRecord(BaseModel):
         "request never went out (then e2e counts from the call)",
     )
     ttft_s: float | None = Field(
-        None, description="request on the wire → the first non-empty content chunk"
+        None, description="request on the wire → the first non-empty content chunk arrived "
+        "(see arrival_clock)"
     )
     itl_s: list[float] = Field(default_factory=list, description="gaps between content chunks")
     tpot_s: float | None = Field(

@@ -172,3 +172,38 @@ def test_a_kernel_stamp_that_would_lie_in_the_future_is_not_used(monkeypatch) ->
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux")
 def test_the_kernel_path_is_on_by_default_on_linux() -> None:
     assert h1._USE_KERNEL, "SO_TIMESTAMPNS should be available on Linux with perf_counter on CLOCK_MONOTONIC"
+
+
+class _NoAddReaderLoop(asyncio.SelectorEventLoop):
+    """A loop that cannot watch sockets for the caller (as Windows' proactor loop)."""
+
+    def add_reader(self, *args, **kwargs):  # type: ignore[override]
+        raise NotImplementedError
+
+
+def test_a_loop_without_add_reader_streams_through_asyncios_transport_stamped_by_the_loop() -> None:
+    async def main() -> tuple[oa.RequestRecord, ThreadServer]:
+        srv = ThreadServer(0.005, 0.01)
+        try:
+            async with httpx.AsyncClient(trust_env=False) as c:
+                rec = await oa.send(c, "e", f"http://127.0.0.1:{srv.port}", "m", prompt="hi", timeout=20)
+                oa.close_lean_connections(c)
+        finally:
+            srv.close()
+        return rec, srv
+
+    loop = _NoAddReaderLoop()
+    try:
+        rec, srv = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert rec.ok, rec.error
+    assert rec.output_text == "t0t1t2" and rec.arrival_clock == "loop"
+    assert rec.started_at + rec.ttft_s >= srv.writes[0][1]
+
+
+def test_the_httpx_path_says_its_chunks_are_stamped_by_the_loop(monkeypatch) -> None:
+    monkeypatch.setattr(oa, "_FORCE_HTTPX", True)
+    rec, _ = _send_while_the_loop_is_blocked(block_s=0.0, first_after=0.005, gap=0.01)
+    assert rec.ok, rec.error
+    assert rec.output_text == "t0t1t2" and rec.arrival_clock == "loop"
