@@ -390,7 +390,11 @@ def main() -> int:
             print(f"{'':>9} client overhead vs the request's arrival at the server (its loop's wait taken out): "
                   f"{fmt(line['client_overhead_vs_arrival_ms'], 2)} ms")
         if out == a.output_tokens:
-            if oc[0] is None or oc[0] > 2.0:
+            # raw: the client's own share is judged (TTFT − the server's clock from the request's
+            # arrival); the overhead against the first-byte clock, which also holds the time the
+            # request waited for the server's loop, is printed next to it
+            own = line["client_overhead_vs_arrival_ms"][0] if raw else oc[0]
+            if own is None or own > 2.0:
                 goals_met = False
             if c >= 64 and ratio is not None and ratio < 1.0:
                 goals_met = False
@@ -400,7 +404,8 @@ def main() -> int:
     print(f"\nRATIO client/aiperf req/s: " + ", ".join(
         f"c={s['concurrency']}: {s['req_per_s_ratio']:.2f}" for s in summary
         if s["req_per_s_ratio"] and s["output_tokens"] == a.output_tokens)
-        + f"  (goal ≥ 1.00 at c ≥ 64); client overhead ≤ 2 ms at every c: "
+        + f"  (goal ≥ 1.00 at c ≥ 64); client overhead"
+        + (" (vs the request's arrival at the server)" if raw else "") + " ≤ 2 ms at every c: "
         + ("MET" if goals_met else "NOT MET"))
     out_path = Path(a.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
