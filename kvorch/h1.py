@@ -234,7 +234,8 @@ class _StampedSocket:
             self.loop.remove_writer(self.fd)
             self.wbuf.clear()
         self.sock.close()
-        self.loop.call_soon(self.proto.connection_lost, exc)
+        if not self.loop.is_closed():  # (a pool closed after its loop: nobody is left to tell)
+            self.loop.call_soon(self.proto.connection_lost, exc)
 
 
 class _LoopStamped(asyncio.Protocol):
@@ -259,7 +260,11 @@ class _LoopStamped(asyncio.Protocol):
 
 async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, conn: _Conn) -> None:
     """Connect ``conn`` to host:port on a stamped socket (or asyncio's transport, see above)."""
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    try:  # a numeric address needs no resolver thread (as asyncio's own create_connection)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP,
+                                   flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     if not infos:
         raise OSError(f"no address for {host}")
     last: OSError | None = None

@@ -212,3 +212,19 @@ def test_the_httpx_path_says_its_chunks_are_stamped_by_the_loop(monkeypatch) -> 
     rec, _ = _send_while_the_loop_is_blocked(block_s=0.0, first_after=0.005, gap=0.01)
     assert rec.ok, rec.error
     assert rec.output_text == "t0t1t2" and rec.arrival_clock == "loop"
+
+
+def test_a_host_name_is_resolved_and_streamed_like_an_address() -> None:
+    async def main() -> tuple[oa.RequestRecord, ThreadServer]:
+        srv = ThreadServer(0.005, 0.01)
+        try:
+            async with httpx.AsyncClient(trust_env=False) as c:
+                rec = await oa.send(c, "e", f"http://localhost:{srv.port}", "m", prompt="hi", timeout=20)
+                oa.close_lean_connections(c)
+        finally:
+            srv.close()
+        return rec, srv
+
+    rec, _ = asyncio.run(main())
+    assert rec.ok, rec.error
+    assert rec.output_text == "t0t1t2"
