@@ -401,10 +401,10 @@ def main() -> int:
         else:
             print(f"{'':>9} ITL under {c} streams of {out} tokens: client mean − server mean "
                   f"{fmt(line['client_itl_overhead_ms'], 3)} ms, aiperf {fmt(line['aiperf_itl_overhead_ms'], 3)} ms")
-    print(f"\nRATIO client/aiperf req/s: " + ", ".join(
+    print("\nRATIO client/aiperf req/s: " + ", ".join(
         f"c={s['concurrency']}: {s['req_per_s_ratio']:.2f}" for s in summary
         if s["req_per_s_ratio"] and s["output_tokens"] == a.output_tokens)
-        + f"  (goal ≥ 1.00 at c ≥ 64); client overhead"
+        + "  (goal ≥ 1.00 at c ≥ 64); client overhead"
         + (" (vs the request's arrival at the server)" if raw else "") + " ≤ 2 ms at every c: "
         + ("MET" if goals_met else "NOT MET"))
     out_path = Path(a.out)
