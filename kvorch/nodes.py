@@ -150,7 +150,7 @@ def connect_early(inv: Inventory, ssh_config: str | None, *, inventory_path: str
             settings = _ssh_settings(inv, name, h.address, ssh_config)
         except UserError:
             continue  # open_nodes reports it
-        remembered.append({"name": name, "address": h.address, "settings": settings.model_dump(mode="json")})
+        remembered.append({"name": name, "address": h.address, "settings": settings.to_dict()})
         if key in _EARLY:
             if _EARLY[key][0] == settings:
                 continue
@@ -179,7 +179,7 @@ def connect_predicted(inventory_path: str, ssh_config: str | None) -> int:
     for h in hosts:
         try:
             key = (str(h["name"]), str(h["address"]), ssh_config)
-            settings = SshSettings.model_validate(h["settings"])
+            settings = SshSettings.from_dict(h["settings"])
         except Exception:  # noqa: BLE001 - a damaged entry predicts nothing
             continue
         if key not in _EARLY:
