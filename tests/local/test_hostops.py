@@ -4,8 +4,10 @@ test can check the results directly)."""
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import stat
+import sys
 import time
 
 from pathlib import Path
@@ -379,3 +381,39 @@ def test_run_parallel_is_concurrent_keeps_order_and_returns_exceptions():
     assert list(res) == list(items)
     assert res["h3"] == "V3" and isinstance(res["hbad"], RuntimeError)
     assert run_parallel([], work) == {}
+
+
+@pytest.mark.parametrize("use_ss", [True, False], ids=["ss", "proc-net-tcp"])
+def test_probe_finds_the_group_its_listener_and_last_line_whatever_the_process_is_called(any_ops, tmp_path, use_ss):
+    # the child is a python whose name (comm) has a ") " and spaces in it, as /proc/PID/stat
+    # shows it unquoted: "pid (a) b c) S ppid pgrp …"
+    odd = tmp_path / "a) b c"
+    odd.symlink_to(os.path.realpath(sys.executable))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with socket.socket() as theirs:  # someone else's listener: never ours
+        theirs.bind(("127.0.0.1", 0))
+        theirs.listen()
+        their_port = theirs.getsockname()[1]
+        any_ops.write_file("run/l.sh", (
+            f"echo starting\n{shlex.quote(str(odd))} -c 'import os, socket, time\n"
+            f"s = socket.socket(); s.bind((\"127.0.0.1\", {port})); s.listen(); print(\"serving\", flush=True)\n"
+            "time.sleep(30)'\n"))
+        env, marker = _marked("probe")
+        pid = any_ops.start_detached("run/l.sh", "logs/l.log", "run/l.pid", env=env)
+        try:
+            def probe():
+                return any_ops.probe_marked({"l": marker}, {"l": "run/l.pid"}, [port, their_port],
+                                            {"l": "logs/l.log"}, use_ss=use_ss)["l"]
+            assert _wait(lambda: port in probe().listeners)
+            mp = probe()
+            child = mp.listeners[port][0]
+            assert (mp.leader_pid, mp.leader_state, mp.leader_pgid, mp.leader_marked) == (pid, "running", pid, True)
+            assert (Path(f"/proc/{child}/comm").read_text().strip(), child in mp.members) == ("a) b c", True)
+            assert {pid, child} <= set(mp.members) and set(mp.marked.values()) == {pid}  # (and the bash between)
+            assert their_port not in mp.listeners and mp.last_line == "serving"
+        finally:
+            assert any_ops.stop_marked(marker, 2).stopped
+    gone = any_ops.probe_marked({"l": marker}, {"l": "run/l.pid"}, [port], use_ss=use_ss)["l"]
+    assert gone.leader_state in ("dead", "zombie") and (gone.members, gone.listeners) == ([], {})
