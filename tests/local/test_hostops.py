@@ -3,6 +3,7 @@ test can check the results directly)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import socket
@@ -327,6 +328,28 @@ def test_facts_report_python_packages_and_disk(any_ops, tmp_path):
     assert f.disk_free_bytes and f.disk_free_bytes > 0 and f.cpus and f.cpus >= 1
     assert f.gpus == [] or f.nvidia_smi
     assert f.server_address == (None if isinstance(any_ops.t, LocalTransport) else "127.0.0.13")
+
+
+def test_facts_find_package_versions_as_importlib_metadata_does(tmp_path, monkeypatch):
+    """The first distribution of a name along sys.path wins, names compare normalized (``-_.``,
+    case), an egg-info file counts, a name installed nowhere is None: what importlib.metadata says."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d, version in ((first, "1.2.3"), (second, "9.9.9")):
+        (d / f"Fancy_Pkg-{version}.dist-info").mkdir(parents=True)
+        (d / f"Fancy_Pkg-{version}.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: Fancy.Pkg\nVersion: {version}\n\nVersion: not-this\n")
+    (second / "old_style-0.4.egg-info").write_text("Metadata-Version: 1.0\nName: old-style\nVersion: 0.4\n")
+    monkeypatch.setenv("PYTHONPATH", f"{first}:{second}")
+    names = ["fancy-pkg", "FANCY.PKG", "old_style", "not-installed-anywhere", "pip"]
+    f = HostOps(LocalTransport(), str(tmp_path / "w")).facts(sys.executable, packages=names)
+    import subprocess
+    want = subprocess.run([sys.executable, "-c", "import json, sys\nfrom importlib import metadata\n"
+                           "def v(n):\n    try:\n        return metadata.version(n)\n    except Exception:\n        return None\n"
+                           "print(json.dumps({n: v(n) for n in sys.argv[1:]}))", *names],
+                          capture_output=True, text=True, check=True).stdout
+    assert f.packages == json.loads(want)
+    assert f.packages["fancy-pkg"] == "1.2.3" and f.packages["old_style"] == "0.4"
+    assert f.packages["not-installed-anywhere"] is None
 
 
 @pytest.mark.parametrize("version", ["2.7", "3.6", "3.7"])
