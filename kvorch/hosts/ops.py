@@ -524,16 +524,19 @@ class HostOps:
         """One file, atomically, its directory created: see :meth:`write_files`."""
         self.write_files([(path, content, mode)])
 
-    def write_files(self, files: Iterable[tuple[str, str | bytes, int]]) -> None:
-        """Several files, each atomically (a temporary file beside it, then a rename). Small sets
-        over SSH: one round trip through the kept shell, the bytes base64-encoded (no shell
-        interprets them). Private files (no group/other permission: secrets) never go that way,
-        since a command line is visible to the host's other users while it runs; they, big sets,
-        and every file of a local host: one ``mkdir -p`` for all parents, then one upload each."""
+    def write_files(self, files: Iterable[tuple[str, str | bytes, int]], dirs: Sequence[str] = ()) -> None:
+        """Several files, each atomically (a temporary file beside it, then a rename), and the
+        directories ``dirs`` made too. Small sets over SSH: one round trip through the kept shell,
+        the bytes base64-encoded (no shell interprets them). Private files (no group/other
+        permission: secrets) never go that way, since a command line is visible to the host's
+        other users while it runs; they, big sets, and every file of a local host: one
+        ``mkdir -p`` for all parents, then one upload each."""
         blobs = [(self.path(p), c.encode() if isinstance(c, str) else c, m) for p, c, m in files]
+        extra = [self.path(d) for d in dirs]
         if not blobs:
+            self.mkdirs(*dirs)
             return
-        parents = sorted({posixpath.dirname(p) for p, _, _ in blobs} - {""})
+        parents = sorted(({posixpath.dirname(p) for p, _, _ in blobs} | set(extra)) - {""})
         if self.small_via_shell:
             private = [b for b in blobs if not b[2] & 0o077]
             public = [b for b in blobs if b[2] & 0o077]

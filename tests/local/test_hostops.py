@@ -260,6 +260,17 @@ def test_write_file_sets_mode_and_write_files_batches(any_ops, tmp_path):
     assert os.access(tmp_path / "work" / "b" / "c" / "2", os.X_OK)
 
 
+def test_write_files_makes_the_directories_asked_for_in_the_same_go(any_ops, tmp_path):
+    runs = []
+    real = any_ops.t.run
+    any_ops.t.run = lambda *a, **k: runs.append(a[0]) or real(*a, **k)
+    any_ops.write_files([("run/x.sh", "echo\n", 0o755)], dirs=("logs", "deep/er"))
+    assert all((tmp_path / "work" / d).is_dir() for d in ("run", "logs", "deep/er"))
+    assert len(runs) == 1  # one command for the directories and (over SSH) the files
+    any_ops.write_files([], dirs=("only/dirs",))
+    assert (tmp_path / "work" / "only" / "dirs").is_dir()
+
+
 def test_write_files_is_byte_exact_replaces_atomically_and_leaves_no_temporary_files(any_ops, tmp_path):
     every_byte = bytes(range(256)) * 3
     nasty = "KVORCH_B64_END\n$(touch pwned) `touch pwned` 'quote' \"dq\" \\ end"
