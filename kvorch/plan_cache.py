@@ -45,9 +45,12 @@ def _state_root() -> Path:
 
 
 def _source_files() -> list[Path]:
+    """This package's code and the templates rendering reads (as kvorch.render.templates_dir,
+    without importing Jinja2)."""
     files = sorted(p for p in _PKG_DIR.rglob("*.py") if "__pycache__" not in p.parts)
-    if _TEMPLATES.is_dir():
-        files += sorted(p for p in _TEMPLATES.rglob("*") if p.is_file())
+    templates = Path(os.environ.get("ORCHESTRATE_TEMPLATES") or _TEMPLATES)
+    if templates.is_dir():
+        files += sorted(p for p in templates.rglob("*") if p.is_file())
     return files
 
 

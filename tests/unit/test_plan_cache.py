@@ -67,6 +67,19 @@ def test_a_changed_source_file_of_the_package_builds_again(inv, tmp_path, monkey
     assert build.n == 2
 
 
+def test_a_changed_template_of_orchestrate_templates_builds_again(inv, tmp_path, monkeypatch):
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "launch.sh.j2").write_text("v1\n")
+    monkeypatch.setenv("ORCHESTRATE_TEMPLATES", str(templates))
+    build = Builds()
+    plan_cache.load_or_build(inv, build)
+    plan_cache.load_or_build(inv, build)
+    (templates / "launch.sh.j2").write_text("v2\n")
+    plan_cache.load_or_build(inv, build)
+    assert build.n == 2
+
+
 def test_a_changed_file_the_plan_read_builds_again(inv, tmp_path):
     src = tmp_path / "proxy.py"
     src.write_text("print('v1')\n")
