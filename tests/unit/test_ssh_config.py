@@ -139,3 +139,16 @@ def test_fix_messages_name_host_port_and_command(tmp_path, monkeypatch):
     assert "ssh-keyscan -p 2222 10.1.2.3 >> /x/kh" in unknown_key_message(s, k1)
     m = changed_key_message(s, k1, k2)
     assert "ssh-keygen -R '[10.1.2.3]:2222' -f /x/kh" in m and "ssh-keyscan -p 2222 10.1.2.3 >> /x/kh" in m
+
+
+def test_settings_round_trip_through_their_plain_form_and_reject_what_ssh_would_not_take():
+    s = SshSettings(hostname=" 10.1.2.3 ", port="2222", user="u", known_hosts_files="~/kh", strict_host_key_checking=False)
+    assert (s.hostname, s.port, s.strict_host_key_checking, s.known_hosts_files) == (
+        "10.1.2.3", 2222, "no", [os.path.expanduser("~/kh")])
+    assert SshSettings.from_dict(s.to_dict()) == s and not s.verify_host_keys
+    for bad in ({"strict_host_key_checking": "maybe"}, {"port": 0}, {"port": "22x"}, {"connect_timeout": 0},
+                {"allow_agent": "yes"}, {"user": None}, {"identity_files": 5}):
+        with pytest.raises(SshSettingsError):
+            SshSettings(hostname="h", **bad)
+    with pytest.raises(SshSettingsError, match="no_such"):
+        SshSettings.from_dict({"hostname": "h", "no_such": 1})
