@@ -6,13 +6,18 @@ For each connector (local, and SSH to the two loopback hosts when sshd is instal
            slowest engine — each process started by hand, directly, with the same argv and env
   up     = wall time of `orchestrate up --skip-preflight` (and of `up` with preflight)
   ratio  = up / own; overhead = up − own (target ≤ 0.5 s with the simulated engine)
-Bounded: 3 rounds per setting, each process stopped right after. Prints a table of ratios.
+Bounded: 3 rounds per setting (``--rounds``), each process stopped right after. Prints a table of
+ratios and writes every measurement, the medians and the machine to bench/results/up_overhead.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
+import platform
+import statistics
 import resource
 import shutil
 import signal
@@ -33,6 +38,7 @@ from kvorch.inventory import load_inventory  # noqa: E402
 from kvorch.plan import build_plan  # noqa: E402
 
 ROUNDS = 3
+RESULTS: dict[str, dict] = {}
 
 
 def healthy(url: str) -> bool:
@@ -113,10 +119,14 @@ def measure(name: str, inv_path: Path, ssh_config: Path | None) -> None:
         orchestrate(["down", "--no-collect"], env, work)
         ups_pf.append(orchestrate(["up"], env, work))
         orchestrate(["down", "--no-collect"], env, work)
-    o, u, up = sorted(own)[1], sorted(ups)[1], sorted(ups_pf)[1]
+    o, u, up = statistics.median(own), statistics.median(ups), statistics.median(ups_pf)
+    RESULTS[name] = {"own_s": own, "up_s": ups, "up_preflight_s": ups_pf, "up_cpu_s": list(CLIENT_CPU),
+                     "median": {"own_s": o, "up_s": u, "up_preflight_s": up, "overhead_s": u - o,
+                                "overhead_preflight_s": up - o, "up_cpu_s": statistics.median(CLIENT_CPU)},
+                     "goal": "overhead <= 0.5 s", "goal_met": u - o <= 0.5}
     print(f"{name:<10} own startup {o:6.2f} s | up {u:6.2f} s  ratio {u / o:5.2f}  overhead {u - o:+.2f} s | "
           f"up+preflight {up:6.2f} s  overhead {up - o:+.2f} s   (median of {ROUNDS}); "
-          f"orchestrate's own CPU per up: {sorted(CLIENT_CPU)[len(CLIENT_CPU) // 2]:.2f} s")
+          f"orchestrate's own CPU per up: {statistics.median(CLIENT_CPU):.2f} s")
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -143,7 +153,33 @@ def free_ports_everywhere(inv: dict) -> dict:
     return inv
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def write_results(out: Path, load0: float) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                                           "load_avg_start": load0, "load_avg_end": os.getloadavg()[0]},
+                               "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "rounds": ROUNDS, "results": RESULTS},
+                              indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
+    global ROUNDS
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "up_overhead.json"))
+    a = ap.parse_args()
+    ROUNDS = a.rounds
+    load0 = os.getloadavg()[0]
     # As pip installs a package: byte-compiled. (With PYTHONDONTWRITEBYTECODE set and an editable
     # install, every run would compile kvorch from source: ~50 ms that no installed copy pays.)
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -154,12 +190,13 @@ def main() -> None:
     local.setdefault("env", {})["PYTHONPATH"] = str(ROOT)  # this checkout's kvorch on the hosts too
     local["hosts"]["local"]["workdir"] = str(tmp / "local")
     (tmp / "local.yaml").write_text(yaml.safe_dump(local))
-    print("orchestrate up overhead, simulated engine (median of 3 rounds)")
+    print(f"orchestrate up overhead, simulated engine (median of {ROUNDS} rounds), {cpu_model()}, load {load0:.2f}")
     measure("local", tmp / "local.yaml", None)
     from sshd import SshdCluster, sshd_unavailable_reason
 
     if sshd_unavailable_reason():
         print(f"loopback   skipped: {sshd_unavailable_reason()}")
+        write_results(Path(a.out), load0)
         return
     with SshdCluster(tmp / "sshd") as cluster:
         lb = free_ports_everywhere(yaml.safe_load((ROOT / "inventories/loopback.yaml").read_text()))
@@ -170,6 +207,7 @@ def main() -> None:
             h["python"] = sys.executable  # the venv's interpreter, as an inventory would name it
         (tmp / "loopback.yaml").write_text(yaml.safe_dump(lb))
         measure("ssh x2", tmp / "loopback.yaml", cluster.ssh_config)
+    write_results(Path(a.out), load0)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,7 @@ if TYPE_CHECKING:
 
 
 def _upload(node: Node, plan: Plan) -> dict[str, str]:
-    node.ops.mkdirs("run", "logs")
-    node.ops.write_files([(f.path, f.content, f.mode) for f in node.plan.files])
+    node.ops.write_files([(f.path, f.content, f.mode) for f in node.plan.files], dirs=("run", "logs"))
     return {f.path: f.sha256 for f in node.plan.files}
 
 

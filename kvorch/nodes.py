@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -114,8 +115,11 @@ def _begin(key: tuple[str, str, str | None], settings: Any) -> None:
             t = SshTransport(settings, name=name)
             t.open()
             # the first command starts the connection's kept shell (through the login shell,
-            # which reads ~/.bashrc): have it ready too
-            t.run(":", timeout=t.settings.connect_timeout + 30.0)
+            # which reads ~/.bashrc): have it ready too, and ask it for the home directory (a
+            # workdir under ~ needs it: one round trip less later)
+            r = t.run('printf %s "$HOME"', timeout=t.settings.connect_timeout + 30.0)
+            if r.exit_code == 0 and r.stdout.startswith("/"):
+                _HOME[t] = r.stdout
             fut.set_result(t)
         except BaseException as exc:  # noqa: BLE001 - handed to open_nodes
             if t is not None:
@@ -150,7 +154,7 @@ def connect_early(inv: Inventory, ssh_config: str | None, *, inventory_path: str
             settings = _ssh_settings(inv, name, h.address, ssh_config)
         except UserError:
             continue  # open_nodes reports it
-        remembered.append({"name": name, "address": h.address, "settings": settings.model_dump(mode="json")})
+        remembered.append({"name": name, "address": h.address, "settings": settings.to_dict()})
         if key in _EARLY:
             if _EARLY[key][0] == settings:
                 continue
@@ -179,7 +183,7 @@ def connect_predicted(inventory_path: str, ssh_config: str | None) -> int:
     for h in hosts:
         try:
             key = (str(h["name"]), str(h["address"]), ssh_config)
-            settings = SshSettings.model_validate(h["settings"])
+            settings = SshSettings.from_dict(h["settings"])
         except Exception:  # noqa: BLE001 - a damaged entry predicts nothing
             continue
         if key not in _EARLY:
@@ -198,12 +202,17 @@ def close_early() -> None:
             pass
 
 
+#: the home directory an early connection's shell reported, by its transport
+_HOME: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
 def _resolve_workdir(ops: HostOps, workdir: str, local: bool) -> str:
     if workdir.startswith("/"):
         return posixpath.normpath(workdir)
     if local and not workdir.startswith("~"):
         return os.path.abspath(workdir)
-    home = ops.run('printf %s "$HOME"', timeout=30, check=True, what="find the home directory").stdout.strip()
+    home = _HOME.pop(ops.t, None) or ops.run('printf %s "$HOME"', timeout=30, check=True,
+                                                 what="find the home directory").stdout.strip()
     rest = workdir[2:] if workdir.startswith("~/") else ("" if workdir == "~" else workdir)
     return posixpath.normpath(posixpath.join(home, rest)) if rest else home
 

@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field
 
 from .bundle import local_bundle
 from .inventory import HEARTBEAT_KEY, EngineSpec, HostSpec, Inventory, heartbeat_time_of
-from .render import check_lmcache_config, render_template
 
 #: Set on every process: nothing here may phone home (and there is no network to do it).
 NO_TELEMETRY = {"DO_NOT_TRACK": "1", "LMCACHE_TRACK_USAGE": "false", "VLLM_NO_USAGE_STATS": "1"}
@@ -179,6 +178,8 @@ class _Builder:
         if secrets:
             body = "".join(f"{k}={_shell_single(v)}\n" for k, v in sorted(secrets.items()))
             self.files[host].append(PlannedFile(path=secrets_file, content=body, mode=0o600, secret=True))
+        from .render import render_template  # (Jinja2: not imported by a command that reuses a kept plan)
+
         script = render_template("launch.sh.j2", p=spec, host={"name": host, "address": hs.address}, secrets_file=secrets_file)
         self.files[host].append(PlannedFile(path=spec.launch_script, content=script, mode=0o755))
         self.procs[host].append(spec)
@@ -325,6 +326,8 @@ class _Builder:
             c = inv.controller
             controller = {"address": inv.hosts[c.host].address, "pull_port": c.monitor_ports.pull,
                           "reply_port": c.monitor_ports.reply}
+        from .render import check_lmcache_config, render_template
+
         text = render_template(
             "lmcache-config.yaml.j2", lmcache_version=inv.lmcache_version, engine=e,
             host={"name": e.host, "address": hs.address}, topology=inv.topology, settings=settings,

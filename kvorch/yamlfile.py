@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import UserError
@@ -61,6 +60,8 @@ def read_user_file(path: Any, error: type[UserError] = UserError, what: str = "f
 
 def _expanded_size(node: Any, memo: dict[int, int], limit: int) -> int:
     """Nodes the document has once every alias is expanded (memoized: linear in distinct nodes)."""
+    import yaml
+
     key = id(node)
     if key in memo:
         return memo[key]
@@ -96,6 +97,8 @@ class YamlDoc:
     """A parsed YAML document and its node tree (for line numbers)."""
 
     def __init__(self, text: str, filename: str, error: type[UserError] = UserError):
+        import yaml  # (here: a command that reuses a kept plan parses no YAML and imports none)
+
         self.filename = filename
         self.error = error
         if len(text) > MAX_FILE_BYTES:
@@ -117,6 +120,8 @@ class YamlDoc:
             raise self.fail(bad, "file")
 
     def line_of(self, path: tuple[str | int, ...]) -> int | None:
+        import yaml
+
         node = self.root
         line = node.start_mark.line + 1 if node is not None else None
         for part in path:

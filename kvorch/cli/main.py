@@ -40,6 +40,20 @@ class Ctx(Session):
             self._console = Console(stderr=self.as_json, highlight=False, soft_wrap=True)
         return self._console
 
+    def kept_plan(self) -> "Plan":
+        """The plan (and the validated inventory, which :meth:`inventory` then returns) kept by
+        the last command for exactly these inputs (:mod:`kvorch.plan_cache`), else built and
+        kept. For the read-only commands (status, preflight): they neither change a plan nor
+        need it twice."""
+        from .. import plan_cache
+
+        def build() -> tuple[Any, Any]:
+            inv = self.inventory()
+            return inv, Session.plan(self)
+
+        self._inventory, plan = plan_cache.load_or_build(self.inventory_path, build)
+        return plan
+
     def start_events(self) -> None:
         from .progress import RichEvents
 
@@ -83,6 +97,10 @@ def skip_pydantic_plugin_scan() -> None:
         _loader._plugins = {}  # what pydantic itself caches after a scan that found none
 
 
+#: the commands that begin their SSH connections before anything else (:func:`_connect_first`)
+CONNECTS_FIRST = frozenset({"status", "preflight", "up"})
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-i", "--inventory", "inventory_path", envvar="ORCHESTRATE_INVENTORY", default=DEFAULT_INVENTORY,
               show_default=True, help="inventory file [env ORCHESTRATE_INVENTORY]")
@@ -103,7 +121,8 @@ def cli(ctx: click.Context, inventory_path: str, ssh_config: str | None, verbose
       orchestrate collect            pull logs, metrics, configs, versions into logs/<run-id>/
       orchestrate down               stop everything this tool started
     """
-    skip_pydantic_plugin_scan()
+    if ctx.invoked_subcommand not in CONNECTS_FIRST:
+        skip_pydantic_plugin_scan()  # (those commands do it once their connections are begun)
     ctx.obj = Ctx(inventory_path=inventory_path, ssh_config=ssh_config, verbose=verbose, as_json=as_json)
     ctx.call_on_close(lambda: getattr(ctx.obj.events, "close", lambda: None)())
 
@@ -185,14 +204,19 @@ def _emit(c: Ctx, result: Any, show: Any) -> None:
         sys.exit(1)
 
 
-def _connect_first(c: Ctx) -> None:
+def _connect_first(c: Ctx, *, kept_plan: bool = False) -> Plan | None:
     """Begin the SSH handshakes first (the hosts' sshd and login shells then work while this
     process imports, validates and plans): to the hosts this very inventory file connected to
-    last time, before it is validated, then to every host of the validated inventory."""
+    last time, before it is validated, then to every host of the validated inventory. With
+    ``kept_plan`` returns :meth:`Ctx.kept_plan` (read before the inventory is validated: a hit
+    validates nothing)."""
     from ..nodes import connect_early, connect_predicted
 
-    connect_predicted(c.inventory_path, c.ssh_config)
+    connect_predicted(c.inventory_path, c.ssh_config)  # imports no pydantic: begun ~0.1 s sooner
+    skip_pydantic_plugin_scan()
+    plan = c.kept_plan() if kept_plan else None
     connect_early(c.inventory(), c.ssh_config, inventory_path=c.inventory_path)
+    return plan
 
 
 def _emit_text(c: Ctx, result: Any, text: Any) -> None:
@@ -219,6 +243,8 @@ def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
     """Preflight, upload, start the controller, then the engines; wait until all are healthy."""
     if not dry_run:
         _connect_first(c)
+    else:
+        skip_pydantic_plugin_scan()
     plan = c.plan()
     if dry_run:
         if c.as_json:
@@ -226,9 +252,11 @@ def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
         else:
             _print_plan(c, plan)
         return
-    from .. import cluster
+    from .. import cluster, plan_cache
     from ..errors import PreflightFailed
     from .output import print_up
+
+    plan_cache.store(c.inventory_path, c.inventory(), plan)  # for the next status / preflight
     from .plain import format_checks, terminal_width
 
     c.start_events()
@@ -246,12 +274,13 @@ def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
 @pass_ctx
 def preflight(c: Ctx) -> None:
     """Check every host: reachable, versions equal, PYTHONHASHSEED, ports free, GPUs, disk."""
-    _connect_first(c)
+    plan = _connect_first(c, kept_plan=True)
+    assert plan is not None
     from .. import preflight as preflight_mod
     from .plain import format_checks, terminal_width
 
     c.start_events()
-    _emit_text(c, preflight_mod.preflight(c, c.plan()), lambda r: format_checks(r.checks, terminal_width()))
+    _emit_text(c, preflight_mod.preflight(c, plan), lambda r: format_checks(r.checks, terminal_width()))
 
 
 @cli.command()
@@ -259,12 +288,13 @@ def preflight(c: Ctx) -> None:
 @pass_ctx
 def status(c: Ctx) -> None:
     """Per process: running / dead / unhealthy, uptime, port, last log line."""
-    _connect_first(c)
+    plan = _connect_first(c, kept_plan=True)
+    assert plan is not None
     from .. import cluster
     from .plain import format_status, terminal_width
 
     c.start_events()
-    _emit_text(c, cluster.status(c, c.plan()), lambda r: format_status(r.to_json(), terminal_width()))
+    _emit_text(c, cluster.status(c, plan), lambda r: format_status(r.to_json(), terminal_width()))
 
 
 @cli.command()

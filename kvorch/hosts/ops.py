@@ -122,14 +122,19 @@ _kv_marked() {
   done < <(grep -asHzxFo "${a[@]}" /proc/[0-9]*/environ 2>/dev/null)
 }
 _kv_groups() {  # "G <pgid> <pid>" for each live member of the groups given; their pids in $_kv_gm
-  local want=" $* " f line rest; _kv_gm=
+  # one grep over every /proc/PID/stat ("pid (comm) S ppid pgrp …") for the groups asked for, then
+  # the few lines it finds checked field by field (a loop of bash reads over every process costs
+  # ~0.2 ms each)
+  local re= x line rest pg want=" $* "; _kv_gm=
   [ $# -gt 0 ] || return 0
-  for f in /proc/[0-9]*/stat; do
-    read -r line 2>/dev/null < "$f" || continue
-    rest=${line##*) }; set -- $rest
-    case "$1" in Z|X|x) continue;; esac
-    case "$want" in *" $3 "*) f=${f#/proc/}; f=${f%/stat}; echo "G $3 $f"; _kv_gm="$_kv_gm $f";; esac
-  done
+  for x in "$@"; do re+="${re:+|}${x//[!0-9]/}"; done
+  while IFS= read -r line; do
+    rest=${line##*) }
+    case "${rest%% *}" in Z|X|x) continue;; esac
+    pg=${rest#* }; pg=${pg#* }; pg=${pg%% *}
+    case "$want" in *" $pg "*) ;; *) continue;; esac
+    x=${line%% *}; echo "G $pg $x"; _kv_gm="$_kv_gm $x"
+  done < <(grep -hE "^[0-9]+ \(.*\) [^ZXx] [0-9]+ ($re) " /proc/[0-9]*/stat 2>/dev/null)
 }
 _kv_stat1() {  # "STATE PGID UPTIME_S" of one pid (dead - -)
   local line rest c p=$1
@@ -148,6 +153,51 @@ _kv_listeners() {  # raw listening sockets: ss lines ("S ..."), else /proc/net/t
     local d=() x; for x in "$@"; do d+=("/proc/$x/fd/"); done
     [ ${#d[@]} -gt 0 ] && find "${d[@]}" -maxdepth 1 -lname 'socket:*' -printf 'F %h %l\n' 2>/dev/null
   fi
+}
+"""
+
+
+# The probe's own functions (HostOps.probe_marked): as _MARKED_FN's, but they leave their results
+# in variables instead of printing them into a command substitution, so the whole probe forks
+# only for grep, ss and one tail per log (each $(…) is a fork: ~1 ms, 60 % of the probe's time).
+_PROBE_FN = r"""
+_kv_scan() {  # marked processes: "M <marker> <pid> running <pgid>" lines in $_kv_out, their pgids in $_kv_pgs, pids in $_kv_pids
+  local a=() x f pid m line rest c
+  for x in "$@"; do a+=(-e "$x"); done
+  _kv_out= _kv_pgs= _kv_pids=
+  while IFS= read -r -d '' x; do
+    f=${x%%:*}; m=${x#*:}; pid=${f#/proc/}; pid=${pid%/environ}
+    [ "$pid" = "$$" ] && continue
+    read -r line 2>/dev/null < /proc/$pid/stat || continue
+    rest=${line##*) }; set -- $rest
+    case "$1" in Z|X|x) continue;; esac
+    c=; IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$pid/cmdline; [ -n "$c" ] || continue
+    _kv_out+="M $m $pid running $3"$'\n'; _kv_pgs+=" $3"; _kv_pids+=" $pid"
+  done < <(grep -asHzxFo "${a[@]}" /proc/[0-9]*/environ 2>/dev/null)
+}
+_kv_st() {  # "STATE PGID UPTIME_S" of one pid in $_kv_s (dead - -)
+  local line rest c p=$1
+  read -r line 2>/dev/null < /proc/$p/stat || { _kv_s="dead - -"; return; }
+  rest=${line##*) }; set -- $rest
+  case "$1" in Z|X|x) _kv_s="zombie $3 -"; return;; esac
+  c=; IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$p/cmdline
+  [ -n "$c" ] || { _kv_s="zombie $3 -"; return; }
+  _kv_s="running $3 $(( _kv_up - ${20} / 100 ))"
+}
+_kv_sockets() {  # listening sockets: ss lines ("S ..."), else /proc/net/tcp lines ("T ...") and our pids' socket fds ("F ...")
+  local l=() d=() x
+  # ss without -p (which reads every fd of every process on the host): the sockets' inodes,
+  # matched to the fds of our own pids
+  if [ -z "${_kv_no_ss:-}" ] && command -v ss >/dev/null 2>&1; then
+    mapfile -t l < <(ss -Hltne 2>/dev/null)
+    [ ${#l[@]} -gt 0 ] && printf 'I %s\n' "${l[@]}"
+  else
+    mapfile -t l < <(cat /proc/net/tcp /proc/net/tcp6 2>/dev/null)
+    [ ${#l[@]} -gt 0 ] && printf 'T %s\n' "${l[@]}"
+  fi
+  for x in "$@"; do case " ${d[*]} " in *" /proc/$x/fd/ "*) ;; *) d+=("/proc/$x/fd/");; esac; done
+  [ ${#d[@]} -gt 0 ] && find "${d[@]}" -maxdepth 1 -lname 'socket:*' -printf 'F %h %l\n' 2>/dev/null
+  return 0
 }
 """
 
@@ -199,6 +249,12 @@ def _parse_marked(out: str, markers: Mapping[str, str], ports: Iterable[int] = (
             if hp and hp[1] in want:
                 for pid in re.findall(r"pid=(\d+)", rest):
                     listening.setdefault(int(pid), set()).add(hp[1])
+        elif kind == "I":  # an `ss -Hltne` line: "LISTEN 0 128 addr:port peer … ino:INODE …"
+            f = rest.split()
+            hp = _split_hostport(f[3]) if len(f) > 3 else None
+            inode = next((x[4:] for x in f[4:] if x.startswith("ino:")), "")
+            if hp and hp[1] in want and inode.isdigit() and inode != "0":
+                inode_port[inode] = hp[1]
         elif kind == "T":  # a /proc/net/tcp line: listening sockets' inodes
             parsed = _parse_proc_tcp_line(rest)
             if parsed and parsed[1] in want and parsed[4]:
@@ -312,17 +368,69 @@ class HostFacts(BaseModel):
 
 #: valid from Python 2.7 on: an old interpreter still reports its version (importlib.metadata is 3.8+)
 _PY_FACTS = r"""
-import json, sys
+import io, json, os, re, sys
 out = {"version": "%d.%d.%d" % tuple(sys.version_info[:3]), "executable": sys.executable, "packages": {}}
-try:
-    from importlib import metadata
-except ImportError:
-    metadata = None
-for name in sys.argv[1:]:
+names = sys.argv[1:]
+
+def norm(n):
+    return re.sub(r"[-_.]+", "-", n).lower().replace("-", "_")
+
+def scan():
+    # What importlib.metadata finds, without importing it (its email parser: ~50 ms of the host's
+    # CPU): the first *.dist-info / *.egg-info of each name along sys.path, its Version header.
+    # Only where sys.path is plain directories and PathFinder is the only distribution finder.
+    if any(hasattr(f, "find_distributions") and getattr(f, "__name__", "") != "PathFinder" for f in sys.meta_path):
+        return None
+    found = {}
+    for entry in sys.path:
+        d = entry or "."
+        if not os.path.isdir(d):
+            if os.path.exists(d):
+                return None  # a zip or an egg on the path: importlib.metadata knows those
+            continue
+        try:
+            children = os.listdir(d)
+        except OSError:
+            continue
+        for child in children:
+            low = child.lower()
+            if not low.endswith((".dist-info", ".egg-info")):
+                continue
+            key = norm(low.rpartition(".")[0].partition("-")[0])
+            if key in found:
+                continue
+            path = os.path.join(d, child)
+            meta = os.path.join(path, "METADATA" if low.endswith(".dist-info") else "PKG-INFO") if os.path.isdir(path) else path
+            version = None
+            try:
+                with io.open(meta, encoding="utf-8", errors="replace") as f:
+                    for line in f:
+                        if not line.strip():
+                            break
+                        if line.lower().startswith("version:"):
+                            version = line.split(":", 1)[1].strip()
+                            break
+            except OSError:
+                pass
+            if version is None:
+                return None  # unreadable metadata: leave it to importlib.metadata
+            found[key] = version
+    return found
+
+found = scan()
+if found is not None:
+    for name in names:
+        out["packages"][name] = found.get(norm(name))
+else:
     try:
-        out["packages"][name] = metadata.version(name)
-    except Exception:
-        out["packages"][name] = None
+        from importlib import metadata
+    except ImportError:
+        metadata = None
+    for name in names:
+        try:
+            out["packages"][name] = metadata.version(name)
+        except Exception:
+            out["packages"][name] = None
 print(json.dumps(out))
 """
 
@@ -416,16 +524,19 @@ class HostOps:
         """One file, atomically, its directory created: see :meth:`write_files`."""
         self.write_files([(path, content, mode)])
 
-    def write_files(self, files: Iterable[tuple[str, str | bytes, int]]) -> None:
-        """Several files, each atomically (a temporary file beside it, then a rename). Small sets
-        over SSH: one round trip through the kept shell, the bytes base64-encoded (no shell
-        interprets them). Private files (no group/other permission: secrets) never go that way,
-        since a command line is visible to the host's other users while it runs; they, big sets,
-        and every file of a local host: one ``mkdir -p`` for all parents, then one upload each."""
+    def write_files(self, files: Iterable[tuple[str, str | bytes, int]], dirs: Sequence[str] = ()) -> None:
+        """Several files, each atomically (a temporary file beside it, then a rename), and the
+        directories ``dirs`` made too. Small sets over SSH: one round trip through the kept shell,
+        the bytes base64-encoded (no shell interprets them). Private files (no group/other
+        permission: secrets) never go that way, since a command line is visible to the host's
+        other users while it runs; they, big sets, and every file of a local host: one
+        ``mkdir -p`` for all parents, then one upload each."""
         blobs = [(self.path(p), c.encode() if isinstance(c, str) else c, m) for p, c, m in files]
+        extra = [self.path(d) for d in dirs]
         if not blobs:
+            self.mkdirs(*dirs)
             return
-        parents = sorted({posixpath.dirname(p) for p, _, _ in blobs} - {""})
+        parents = sorted(({posixpath.dirname(p) for p, _, _ in blobs} | set(extra)) - {""})
         if self.small_via_shell:
             private = [b for b in blobs if not b[2] & 0o077]
             public = [b for b in blobs if b[2] & 0o077]
@@ -628,26 +739,26 @@ class HostOps:
     # marker, or any member of such a process's group, lives) -------------------------------------
 
     def probe_marked(self, markers: Mapping[str, str], pidfiles: Mapping[str, str], ports: Iterable[int] = (),
-                     last_lines: Mapping[str, str] | None = None) -> dict[str, MarkedProcess]:
+                     last_lines: Mapping[str, str] | None = None, *, use_ss: bool = True) -> dict[str, MarkedProcess]:
         """One round trip: for each name, the leader recorded in its pidfile, every live process
         whose environment carries ``markers[name]`` (an ``ENV=value`` line), every live member of
         those processes' groups, which of them listens on ``ports``, and (optionally) the last
-        line of ``last_lines[name]``. A zombie (or empty cmdline) is dead."""
+        line of ``last_lines[name]``. A zombie (or empty cmdline) is dead. ``use_ss=False``: the
+        listeners from /proc/net/tcp, as on a host without ss."""
         names = list(markers)
-        lines = [_MARKED_FN]
-        lines.append("_kv_m=$(_kv_marked " + " ".join(q(markers[n]) for n in names) + ')\necho "$_kv_m"')
-        lines.append('_kv_pgs=" $(echo "$_kv_m" | while read -r k _ _ st pg; do echo -n "$pg "; done)"')
+        lines = [_MARKED_FN, _PROBE_FN]
+        lines.append("_kv_scan " + " ".join(q(markers[n]) for n in names) + '; printf %s "$_kv_out"')
         lines.append("_kv_groups $_kv_pgs")
         lines.append("read -r _kv_up _ < /proc/uptime; _kv_up=${_kv_up%.*}")
         for n in names:
             if n in pidfiles:
-                lines.append(f"pid=; read -r pid 2>/dev/null < {qpath(self.path(pidfiles[n]))}; pid=${{pid//[!0-9]/}}")
-                lines.append(f'[ -n "$pid" ] && echo "P {q(n)} $pid $(_kv_stat1 "$pid")"')
+                lines.append(f"_kv_p=; read -r _kv_p 2>/dev/null < {qpath(self.path(pidfiles[n]))}; _kv_p=${{_kv_p//[!0-9]/}}")
+                lines.append(f'[ -n "$_kv_p" ] && _kv_st "$_kv_p" && echo "P {q(n)} $_kv_p $_kv_s"')
             if last_lines and n in last_lines:
-                lines.append(f"printf 'L %s ' {q(n)}; tail -n 1 -- {qpath(self.path(last_lines[n]))} 2>/dev/null"
-                             " | tr -d '\\n'; echo")
+                # the last line and a newline (an empty line after it when the log ends in one)
+                lines.append(f"printf 'L %s ' {q(n)}; tail -n 1 -- {qpath(self.path(last_lines[n]))} 2>/dev/null; echo")
         if list(ports):
-            lines.append("_kv_listeners $_kv_gm $(echo \"$_kv_m\" | while read -r _ _ pid _; do echo \"$pid\"; done)")
+            lines.append(("" if use_ss else "_kv_no_ss=1; ") + "_kv_sockets $_kv_gm $_kv_pids")
         res = self.run("\n".join(lines), check=True, what="process probe")
         return _parse_marked(res.stdout, markers, ports)
 

@@ -201,7 +201,7 @@ class SshTransport:
                 inherit["known_hosts_files"] = s.known_hosts_files
             if not hop.identity_files:
                 inherit["identity_files"] = s.identity_files
-            hops.append(hop.model_copy(update=inherit))
+            hops.append(hop.replace(**inherit))
         return hops
 
     def _make_connection(self, s: SshSettings, gateway: Connection | None) -> Connection:

@@ -16,28 +16,67 @@ import os
 import re
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from dataclasses import asdict, dataclass, field, fields, replace
 
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
 StrictMode = Literal["yes", "no", "accept-new", "ask", "off"]
+_STRICT_MODES = ("yes", "no", "accept-new", "ask", "off")
 
 if TYPE_CHECKING:
     import paramiko
 
 
-class SshSettings(BaseModel):
-    """Everything needed to open one SSH connection."""
+class SshSettingsError(ValueError):
+    """A setting of :class:`SshSettings` that cannot be used (its field and why)."""
 
-    model_config = ConfigDict(extra="forbid")
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+def _paths(name: str, v: Any) -> list[str]:
+    if isinstance(v, (str, os.PathLike)):
+        v = [v]
+    if not isinstance(v, (list, tuple)):
+        raise SshSettingsError(name, f"expected a path or a list of paths, got {type(v).__name__}")
+    return [os.path.expanduser(os.fspath(p)) for p in v]
+
+
+def _strict(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if not isinstance(v, str) or v.strip().lower() not in _STRICT_MODES:
+        raise SshSettingsError("strict_host_key_checking", f"{v!r} is not one of {', '.join(_STRICT_MODES)}")
+    return v.strip().lower()
+
+
+def _number(name: str, v: Any, kind: type) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise SshSettingsError(name, f"expected a number, got {v!r}")
+    try:
+        n = kind(v)
+    except ValueError:
+        raise SshSettingsError(name, f"expected a number, got {v!r}") from None
+    if kind is int and isinstance(v, float) and v != n:
+        raise SshSettingsError(name, f"expected a whole number, got {v!r}")
+    return n
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """Everything needed to open one SSH connection. Checked when made (a bad value raises
+    :class:`SshSettingsError`, a ``ValueError``). A plain dataclass, not a pydantic model: a
+    command that connects first (``status``) makes these from the remembered settings before it
+    imports pydantic (:func:`kvorch.nodes.connect_predicted`)."""
 
     hostname: str
     port: int = 22
-    user: str = Field(default_factory=getpass.getuser)
-    identity_files: list[str] = Field(default_factory=list)
+    user: str = field(default_factory=getpass.getuser)
+    identity_files: list[str] = field(default_factory=list)
     #: empty → ``~/.ssh/known_hosts``
-    known_hosts_files: list[str] = Field(default_factory=list)
+    known_hosts_files: list[str] = field(default_factory=list)
     #: "yes"/"ask" → refuse unknown and changed keys; "accept-new" → record unknown keys in the
     #: first known_hosts file, refuse changed ones; "no"/"off" → no verification (loud warning).
     strict_host_key_checking: StrictMode = "yes"
@@ -52,43 +91,55 @@ class SshSettings(BaseModel):
     #: the ssh_config the settings came from (ProxyJump hops are resolved through it)
     ssh_config_path: str | None = None
 
-    @field_validator("hostname")
-    @classmethod
-    def _hostname(cls, v: str) -> str:
-        v = v.strip()
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if not isinstance(self.hostname, str):
+            raise SshSettingsError("hostname", f"expected a string, got {self.hostname!r}")
+        v = self.hostname.strip()
         if not v or re.search(r"\s", v):
-            raise ValueError(f"invalid host name {v!r}")
+            raise SshSettingsError("hostname", f"invalid host name {v!r}")
         if v.startswith("-"):
-            raise ValueError(f"host name may not start with '-': {v!r}")
-        return v
+            raise SshSettingsError("hostname", f"host name may not start with '-': {v!r}")
+        put("hostname", v)
+        port = _number("port", self.port, int)
+        if not 0 < port < 65536:
+            raise SshSettingsError("port", f"port out of range: {port}")
+        put("port", port)
+        timeout = _number("connect_timeout", self.connect_timeout, float)
+        if timeout <= 0:
+            raise SshSettingsError("connect_timeout", "connect_timeout must be > 0")
+        put("connect_timeout", timeout)
+        put("strict_host_key_checking", _strict(self.strict_host_key_checking))
+        put("identity_files", _paths("identity_files", self.identity_files))
+        put("known_hosts_files", _paths("known_hosts_files", self.known_hosts_files))
+        for name in ("user",):
+            if not isinstance(getattr(self, name), str):
+                raise SshSettingsError(name, f"expected a string, got {getattr(self, name)!r}")
+        for name in ("proxy_jump", "alias", "ssh_config_path"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise SshSettingsError(name, f"expected a string, got {getattr(self, name)!r}")
+        for name in ("allow_agent", "look_for_keys"):
+            if not isinstance(getattr(self, name), bool):
+                raise SshSettingsError(name, f"expected true or false, got {getattr(self, name)!r}")
 
-    @field_validator("port")
     @classmethod
-    def _port(cls, v: int) -> int:
-        if not 0 < v < 65536:
-            raise ValueError(f"port out of range: {v}")
-        return v
+    def from_dict(cls, data: Mapping[str, Any]) -> SshSettings:
+        """From :meth:`to_dict`'s output (or any mapping of field names); unknown names raise."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise SshSettingsError(unknown[0], "no such SSH setting")
+        return cls(**data)
 
-    @field_validator("strict_host_key_checking", mode="before")
-    @classmethod
-    def _strict(cls, v: Any) -> Any:
-        if isinstance(v, bool):
-            return "yes" if v else "no"
-        return v.strip().lower() if isinstance(v, str) else v
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values, field by field."""
+        return asdict(self)
 
-    @field_validator("identity_files", "known_hosts_files", mode="before")
-    @classmethod
-    def _paths(cls, v: Any) -> Any:
-        if isinstance(v, (str, os.PathLike)):
-            v = [v]
-        return [os.path.expanduser(os.fspath(p)) for p in v]
+    def replace(self, **changes: Any) -> SshSettings:
+        """A copy with ``changes`` (checked like a new one)."""
+        return replace(self, **changes)
 
-    @field_validator("connect_timeout")
-    @classmethod
-    def _timeout(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("connect_timeout must be > 0")
-        return v
 
     @property
     def verify_host_keys(self) -> bool:
@@ -185,4 +236,4 @@ def resolve_ssh_settings(
     for k, v in (overrides or {}).items():
         if v is not None:
             data[k] = v
-    return SshSettings(**data)
+    return SshSettings.from_dict(data)

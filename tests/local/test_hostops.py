@@ -3,9 +3,12 @@ test can check the results directly)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import socket
 import stat
+import sys
 import time
 
 from pathlib import Path
@@ -257,6 +260,17 @@ def test_write_file_sets_mode_and_write_files_batches(any_ops, tmp_path):
     assert os.access(tmp_path / "work" / "b" / "c" / "2", os.X_OK)
 
 
+def test_write_files_makes_the_directories_asked_for_in_the_same_go(any_ops, tmp_path):
+    runs = []
+    real = any_ops.t.run
+    any_ops.t.run = lambda *a, **k: runs.append(a[0]) or real(*a, **k)
+    any_ops.write_files([("run/x.sh", "echo\n", 0o755)], dirs=("logs", "deep/er"))
+    assert all((tmp_path / "work" / d).is_dir() for d in ("run", "logs", "deep/er"))
+    assert len(runs) == 1  # one command for the directories and (over SSH) the files
+    any_ops.write_files([], dirs=("only/dirs",))
+    assert (tmp_path / "work" / "only" / "dirs").is_dir()
+
+
 def test_write_files_is_byte_exact_replaces_atomically_and_leaves_no_temporary_files(any_ops, tmp_path):
     every_byte = bytes(range(256)) * 3
     nasty = "KVORCH_B64_END\n$(touch pwned) `touch pwned` 'quote' \"dq\" \\ end"
@@ -327,6 +341,28 @@ def test_facts_report_python_packages_and_disk(any_ops, tmp_path):
     assert f.server_address == (None if isinstance(any_ops.t, LocalTransport) else "127.0.0.13")
 
 
+def test_facts_find_package_versions_as_importlib_metadata_does(tmp_path, monkeypatch):
+    """The first distribution of a name along sys.path wins, names compare normalized (``-_.``,
+    case), an egg-info file counts, a name installed nowhere is None: what importlib.metadata says."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d, version in ((first, "1.2.3"), (second, "9.9.9")):
+        (d / f"Fancy_Pkg-{version}.dist-info").mkdir(parents=True)
+        (d / f"Fancy_Pkg-{version}.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: Fancy.Pkg\nVersion: {version}\n\nVersion: not-this\n")
+    (second / "old_style-0.4.egg-info").write_text("Metadata-Version: 1.0\nName: old-style\nVersion: 0.4\n")
+    monkeypatch.setenv("PYTHONPATH", f"{first}:{second}")
+    names = ["fancy-pkg", "FANCY.PKG", "old_style", "not-installed-anywhere", "pip"]
+    f = HostOps(LocalTransport(), str(tmp_path / "w")).facts(sys.executable, packages=names)
+    import subprocess
+    want = subprocess.run([sys.executable, "-c", "import json, sys\nfrom importlib import metadata\n"
+                           "def v(n):\n    try:\n        return metadata.version(n)\n    except Exception:\n        return None\n"
+                           "print(json.dumps({n: v(n) for n in sys.argv[1:]}))", *names],
+                          capture_output=True, text=True, check=True).stdout
+    assert f.packages == json.loads(want)
+    assert f.packages["fancy-pkg"] == "1.2.3" and f.packages["old_style"] == "0.4"
+    assert f.packages["not-installed-anywhere"] is None
+
+
 @pytest.mark.parametrize("version", ["2.7", "3.6", "3.7"])
 def test_facts_of_an_interpreter_too_old_for_importlib_metadata_still_give_its_version(version, tmp_path):
     """Preflight must be able to say "Python 3.7 is too old", not "python3 does not run"."""
@@ -379,3 +415,39 @@ def test_run_parallel_is_concurrent_keeps_order_and_returns_exceptions():
     assert list(res) == list(items)
     assert res["h3"] == "V3" and isinstance(res["hbad"], RuntimeError)
     assert run_parallel([], work) == {}
+
+
+@pytest.mark.parametrize("use_ss", [True, False], ids=["ss", "proc-net-tcp"])
+def test_probe_finds_the_group_its_listener_and_last_line_whatever_the_process_is_called(any_ops, tmp_path, use_ss):
+    # the child is a python whose name (comm) has a ") " and spaces in it, as /proc/PID/stat
+    # shows it unquoted: "pid (a) b c) S ppid pgrp …"
+    odd = tmp_path / "a) b c"
+    odd.symlink_to(os.path.realpath(sys.executable))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with socket.socket() as theirs:  # someone else's listener: never ours
+        theirs.bind(("127.0.0.1", 0))
+        theirs.listen()
+        their_port = theirs.getsockname()[1]
+        any_ops.write_file("run/l.sh", (
+            f"echo starting\n{shlex.quote(str(odd))} -c 'import os, socket, time\n"
+            f"s = socket.socket(); s.bind((\"127.0.0.1\", {port})); s.listen(); print(\"serving\", flush=True)\n"
+            "time.sleep(30)'\n"))
+        env, marker = _marked("probe")
+        pid = any_ops.start_detached("run/l.sh", "logs/l.log", "run/l.pid", env=env)
+        try:
+            def probe():
+                return any_ops.probe_marked({"l": marker}, {"l": "run/l.pid"}, [port, their_port],
+                                            {"l": "logs/l.log"}, use_ss=use_ss)["l"]
+            assert _wait(lambda: port in probe().listeners)
+            mp = probe()
+            child = mp.listeners[port][0]
+            assert (mp.leader_pid, mp.leader_state, mp.leader_pgid, mp.leader_marked) == (pid, "running", pid, True)
+            assert (Path(f"/proc/{child}/comm").read_text().strip(), child in mp.members) == ("a) b c", True)
+            assert {pid, child} <= set(mp.members) and set(mp.marked.values()) == {pid}  # (and the bash between)
+            assert their_port not in mp.listeners and mp.last_line == "serving"
+        finally:
+            assert any_ops.stop_marked(marker, 2).stopped
+    gone = any_ops.probe_marked({"l": marker}, {"l": "run/l.pid"}, [port], use_ss=use_ss)["l"]
+    assert gone.leader_state in ("dead", "zombie") and (gone.members, gone.listeners) == ([], {})

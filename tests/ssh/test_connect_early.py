@@ -51,6 +51,32 @@ def test_open_nodes_takes_over_the_connections_begun_early(sshd_cluster, tmp_pat
         kn.close_all(nodes)
 
 
+def test_a_workdir_under_home_is_resolved_with_what_the_early_shell_reported(sshd_cluster, tmp_path, monkeypatch):
+    import os
+
+    inv = _inventory(sshd_cluster, tmp_path)
+    for h in inv.hosts.values():
+        h.workdir = "~/kvorch-early-test"
+    kn.connect_early(inv, str(sshd_cluster.ssh_config))
+    asked = []
+    from kvorch.hosts.ops import HostOps
+
+    real = HostOps.run
+    monkeypatch.setattr(HostOps, "run", lambda self, cmd, *a, **k: asked.append(cmd) or real(self, cmd, *a, **k))
+    nodes, errors = kn.open_nodes(inv, build_plan(inv), str(sshd_cluster.ssh_config), strict=False)
+    try:
+        assert errors == {}
+        home = os.path.expanduser("~")  # (the loopback hosts are this machine, this user)
+        assert {n.workdir for n in nodes.values()} == {f"{home}/kvorch-early-test"}
+        assert not any("HOME" in c for c in asked)  # no round trip to ask for it again
+    finally:
+        kn.close_all(nodes)
+    # without an early connection the home directory is asked for
+    nodes, errors = kn.open_nodes(inv, build_plan(inv), str(sshd_cluster.ssh_config), strict=False)
+    kn.close_all(nodes)
+    assert errors == {} and sum("HOME" in c for c in asked) == 2
+
+
 def test_a_host_that_cannot_be_reached_early_fails_in_open_nodes_with_the_usual_message(sshd_cluster, tmp_path):
     from kvorch.hosts.base import HostUnreachable
 
@@ -112,7 +138,7 @@ def test_preflight_on_a_cluster_that_is_up_passes_its_own_ports_on_every_host(ss
         failed = [ch for ch in checks if ch["status"] == "fail"]
         assert pre.code == 0 and not failed, failed
         st = orch("--json", "status")
-        assert st.code == 0 and {r["state"] for r in st.json()["processes"]} == {"running"}
+        assert st.code == 0 and {r["state"] for r in st.json()["processes"]} == {"running"}, st.out
     finally:
         orch("down", "--no-collect", "--grace", "2")
 

@@ -7,10 +7,9 @@ import os
 
 import paramiko
 import pytest
-from pydantic import ValidationError
 
 from kvorch.hosts.ssh import changed_key_message, unknown_key_message
-from kvorch.hosts.ssh_config import SshSettings, resolve_ssh_settings, split_host_spec
+from kvorch.hosts.ssh_config import SshSettings, SshSettingsError, resolve_ssh_settings, split_host_spec
 
 CONFIG = """
 Host h13 127.0.0.13
@@ -110,13 +109,13 @@ def test_explicit_config_path_must_exist(tmp_path):
 
 
 def test_bad_values_are_rejected(cfg):
-    with pytest.raises(ValidationError):
+    with pytest.raises(SshSettingsError):
         resolve_ssh_settings("h13", cfg, {"no_such_setting": 1})
-    with pytest.raises(ValidationError):
+    with pytest.raises(SshSettingsError):
         resolve_ssh_settings("h13", cfg, {"port": 70000})
-    with pytest.raises(ValidationError):  # would become an ssh option
+    with pytest.raises(SshSettingsError):  # would become an ssh option
         SshSettings(hostname="-oProxyCommand=touch x")
-    with pytest.raises(ValidationError):
+    with pytest.raises(SshSettingsError):
         SshSettings(hostname="a b")
 
 
@@ -140,3 +139,16 @@ def test_fix_messages_name_host_port_and_command(tmp_path, monkeypatch):
     assert "ssh-keyscan -p 2222 10.1.2.3 >> /x/kh" in unknown_key_message(s, k1)
     m = changed_key_message(s, k1, k2)
     assert "ssh-keygen -R '[10.1.2.3]:2222' -f /x/kh" in m and "ssh-keyscan -p 2222 10.1.2.3 >> /x/kh" in m
+
+
+def test_settings_round_trip_through_their_plain_form_and_reject_what_ssh_would_not_take():
+    s = SshSettings(hostname=" 10.1.2.3 ", port="2222", user="u", known_hosts_files="~/kh", strict_host_key_checking=False)
+    assert (s.hostname, s.port, s.strict_host_key_checking, s.known_hosts_files) == (
+        "10.1.2.3", 2222, "no", [os.path.expanduser("~/kh")])
+    assert SshSettings.from_dict(s.to_dict()) == s and not s.verify_host_keys
+    for bad in ({"strict_host_key_checking": "maybe"}, {"port": 0}, {"port": "22x"}, {"connect_timeout": 0},
+                {"allow_agent": "yes"}, {"user": None}, {"identity_files": 5}):
+        with pytest.raises(SshSettingsError):
+            SshSettings(hostname="h", **bad)
+    with pytest.raises(SshSettingsError, match="no_such"):
+        SshSettings.from_dict({"hostname": "h", "no_such": 1})

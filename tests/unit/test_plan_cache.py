@@ -1,0 +1,148 @@
+"""The kept plan: reused only for the very same inputs (inventory bytes, this package's code, the
+files the plan read), stored only where the run state lives and read only when nobody else could
+have written it; a `status` that reuses it imports neither Jinja2 nor PyYAML."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from clusterkit import ROOT, Orch, give_free_ports, write_inventory
+from kvorch import plan_cache
+
+
+@pytest.fixture
+def inv(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORCHESTRATE_STATE", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    p = tmp_path / "inv.yaml"
+    p.write_text("cluster: a\n")
+    return str(p)
+
+
+class Builds:
+    """A build that counts its calls and returns a fresh (inventory, plan) each time."""
+
+    def __init__(self, proxy_source: str | None = None):
+        self.n = 0
+        self.proxy_source = proxy_source
+
+    def __call__(self):
+        self.n += 1
+        inventory = SimpleNamespace(proxy=SimpleNamespace(source=self.proxy_source) if self.proxy_source else None)
+        return inventory, SimpleNamespace(cluster="a", built=self.n)
+
+
+def test_the_same_inventory_bytes_reuse_the_kept_plan(inv):
+    build = Builds()
+    plan_cache.load_or_build(inv, build)
+    _, plan = plan_cache.load_or_build(inv, build)
+    assert build.n == 1 and plan.built == 1 and plan_cache.last_outcome == "hit"
+
+
+def test_one_changed_byte_of_the_inventory_builds_again(inv):
+    build = Builds()
+    plan_cache.load_or_build(inv, build)
+    Path(inv).write_text("cluster: b\n")  # same length, one byte differs
+    _, plan = plan_cache.load_or_build(inv, build)
+    assert build.n == 2 and plan.built == 2 and plan_cache.last_outcome == "miss"
+    plan_cache.load_or_build(inv, build)
+    assert build.n == 2  # and that one is kept in turn
+
+
+def test_a_changed_source_file_of_the_package_builds_again(inv, tmp_path, monkeypatch):
+    code = tmp_path / "module.py"
+    code.write_text("X = 1\n")
+    real = plan_cache._source_files
+    monkeypatch.setattr(plan_cache, "_source_files", lambda: real() + [code])
+    build = Builds()
+    plan_cache.load_or_build(inv, build)
+    code.write_text("X = 2\n")
+    plan_cache.load_or_build(inv, build)
+    assert build.n == 2
+
+
+def test_a_changed_template_of_orchestrate_templates_builds_again(inv, tmp_path, monkeypatch):
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "launch.sh.j2").write_text("v1\n")
+    monkeypatch.setenv("ORCHESTRATE_TEMPLATES", str(templates))
+    build = Builds()
+    plan_cache.load_or_build(inv, build)
+    plan_cache.load_or_build(inv, build)
+    (templates / "launch.sh.j2").write_text("v2\n")
+    plan_cache.load_or_build(inv, build)
+    assert build.n == 2
+
+
+def test_a_changed_file_the_plan_read_builds_again(inv, tmp_path):
+    src = tmp_path / "proxy.py"
+    src.write_text("print('v1')\n")
+    build = Builds(proxy_source=str(src))
+    plan_cache.load_or_build(inv, build)
+    plan_cache.load_or_build(inv, build)
+    assert build.n == 1
+    src.write_text("print('v2')\n")
+    plan_cache.load_or_build(inv, build)
+    assert build.n == 2
+
+
+def test_an_entry_others_could_write_is_not_read(inv):
+    build = Builds()
+    plan_cache.load_or_build(inv, build)
+    entry = plan_cache._where(inv)
+    assert oct(entry.stat().st_mode & 0o777) == "0o600" and oct(entry.parent.stat().st_mode & 0o777) == "0o700"
+    os.chmod(entry, 0o620)
+    plan_cache.load_or_build(inv, build)
+    assert build.n == 2
+
+
+def test_a_damaged_entry_is_a_miss(inv):
+    build = Builds()
+    plan_cache.load_or_build(inv, build)
+    plan_cache._where(inv).write_bytes(b"not a pickle")
+    _, plan = plan_cache.load_or_build(inv, build)
+    assert build.n == 2 and plan.built == 2
+
+
+def test_nothing_is_kept_where_no_run_state_exists(inv, tmp_path, monkeypatch):
+    monkeypatch.setenv("ORCHESTRATE_STATE", str(tmp_path / "never-up"))
+    build = Builds()
+    plan_cache.load_or_build(inv, build)
+    plan_cache.load_or_build(inv, build)
+    assert build.n == 2 and not (tmp_path / "never-up").exists()
+
+
+def _imported(stderr: str) -> set[str]:
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_status_with_a_kept_plan_imports_neither_jinja2_nor_yaml_and_prints_the_same(tmp_path):
+    name = f"pc{tmp_path.name[-12:]}".replace("_", "").replace("-", "")[:30]
+
+    def m(d):
+        d["cluster"] = name
+        give_free_ports(d)
+        for h in d["hosts"].values():
+            h["workdir"] = str(tmp_path / "hosts")
+    orch = Orch(tmp_path, write_inventory(tmp_path / "inv.yaml", "inventories/local.yaml", m))
+    (tmp_path / "state").mkdir()
+
+    def status() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "orchestrate.py"), "status"],
+                              cwd=tmp_path, env=orch.env(), capture_output=True, text=True, timeout=60)
+    first, second = status(), status()
+    assert first.returncode == second.returncode == 1  # nothing runs: every process absent
+    assert "absent" in second.stdout and second.stdout == first.stdout
+    assert {"jinja2", "yaml"} <= {m.split(".")[0] for m in _imported(first.stderr)}  # built: rendered
+    assert not {m for m in _imported(second.stderr) if m.split(".")[0] in ("jinja2", "yaml")}
+    # edited: built again, and the edit shows
+    text = orch.inventory.read_text()
+    orch.inventory.write_text(text.replace(f"cluster: {name}", f"cluster: {name}x"))
+    third = status()
+    assert f"cluster {name}x" in third.stdout and "jinja2" in {m.split(".")[0] for m in _imported(third.stderr)}
