@@ -188,7 +188,6 @@ def preflight(c: Session, plan: Plan) -> PreflightResult:
     nodes, errors = open_nodes(c.inventory(), plan, c.ssh_config, strict=False)
     try:
         from .hosts.parallel import run_parallel
-        from .processes import observe
 
         # every host at once (one after another, 16 hosts wait 16 round trips)
         seen = run_parallel(nodes, lambda node: observe(plan, node))
