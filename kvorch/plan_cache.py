@@ -13,7 +13,8 @@ plan is built (and stored) again.
 The entry is a pickle of the two pydantic objects (loading it costs ~0.2 ms and no validation),
 in ``<state>/plans/`` (the directory 0700, the file 0600); it is read only when both belong to
 this user and nobody else can write them, the same trust Python gives its own ``__pycache__``.
-Nothing secret is in it beyond what the inventory file itself holds.
+A plan that carries a secret's value (an engine's token in its host's secrets file) is never kept:
+secrets are written only to the host's 0600 secrets file, never to the local state.
 """
 
 from __future__ import annotations
@@ -144,6 +145,11 @@ def lookup(inventory_path: str, k: str | None = None) -> tuple[Inventory, Plan] 
     return entry["inventory"], entry["plan"]
 
 
+def _holds_secrets(plan: Plan) -> bool:
+    """Whether the plan carries a secret's value (a host's secrets file)."""
+    return any(f.secret for h in plan.hosts for f in h.files) or any(p.secret_env for p in plan.processes())
+
+
 def store(inventory_path: str, inv: Inventory, plan: Plan, k: str | None = None) -> None:
     """Keep ``inv`` and ``plan`` for the next command (only where the run state's folder
     exists: a command that never ran ``up`` here leaves no files behind). Best effort."""
@@ -152,6 +158,15 @@ def store(inventory_path: str, inv: Inventory, plan: Plan, k: str | None = None)
     if k is None or not root.is_dir():
         return
     path = _where(inventory_path)
+    if _holds_secrets(plan):
+        # A secret's value may live only in the host's 0600 secrets file, never in the local run
+        # state (the fault suite's promise): such a plan is built every time, and an entry kept
+        # before the secret was added is removed.
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return
     try:
         path.parent.mkdir(mode=0o700, exist_ok=True)
         os.chmod(path.parent, 0o700)

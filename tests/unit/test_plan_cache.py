@@ -28,14 +28,19 @@ def inv(tmp_path, monkeypatch):
 class Builds:
     """A build that counts its calls and returns a fresh (inventory, plan) each time."""
 
-    def __init__(self, proxy_source: str | None = None):
+    def __init__(self, proxy_source: str | None = None, secret: bool = False):
         self.n = 0
         self.proxy_source = proxy_source
+        self.secret = secret
 
     def __call__(self):
         self.n += 1
         inventory = SimpleNamespace(proxy=SimpleNamespace(source=self.proxy_source) if self.proxy_source else None)
-        return inventory, SimpleNamespace(cluster="a", built=self.n)
+        files = [SimpleNamespace(path="run/a.sh", secret=False)]
+        if self.secret:
+            files.append(SimpleNamespace(path="run/a.secrets.env", secret=True))
+        host = SimpleNamespace(files=files, processes=[])
+        return inventory, SimpleNamespace(cluster="a", built=self.n, hosts=[host], processes=list)
 
 
 def test_the_same_inventory_bytes_reuse_the_kept_plan(inv):
@@ -43,6 +48,19 @@ def test_the_same_inventory_bytes_reuse_the_kept_plan(inv):
     plan_cache.load_or_build(inv, build)
     _, plan = plan_cache.load_or_build(inv, build)
     assert build.n == 1 and plan.built == 1 and plan_cache.last_outcome == "hit"
+
+
+def test_a_plan_carrying_a_secret_is_never_kept(inv, tmp_path):
+    # secrets live only in the host's 0600 secrets file, never in the local run state
+    plain = Builds()
+    plan_cache.load_or_build(inv, plain)
+    assert list((tmp_path / "state" / "plans").iterdir())
+    Path(inv).write_text("cluster: s\n")  # a token added to the inventory
+    build = Builds(secret=True)
+    plan_cache.load_or_build(inv, build)
+    plan_cache.load_or_build(inv, build)
+    assert build.n == 2 and plan_cache.last_outcome == "miss"
+    assert list((tmp_path / "state" / "plans").iterdir()) == []  # the entry kept before is gone too
 
 
 def test_one_changed_byte_of_the_inventory_builds_again(inv):
