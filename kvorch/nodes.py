@@ -61,6 +61,9 @@ def _ssh_settings(inv: Inventory, name: str, address: str, ssh_config: str | Non
         return resolve_ssh_settings(spec.alias or address, ssh_config, ssh_overrides(inv, name))
     except FileNotFoundError as e:
         raise UserError(str(e), hint="pass an existing file with --ssh-config (or ORCHESTRATE_SSH_CONFIG)") from None
+    except ValueError as e:  # SshSettingsError: a value from the ssh_config or the inventory
+        raise UserError(f"host {name}: cannot use its SSH settings: {e}",
+                        hint=f"fix the ssh_config entry for {spec.alias or address} or hosts.{name}.ssh in the inventory") from None
 
 
 def _ssh_transport(inv: Inventory, name: str, address: str, ssh_config: str | None):

@@ -206,8 +206,15 @@ def resolve_ssh_settings(
     found = cfg.lookup(host)
 
     data: dict[str, Any] = {"alias": host, "ssh_config_path": cfg_path, "hostname": found.get("hostname", host)}
+    def number(key: str, name: str, kind: type) -> Any:
+        try:
+            return kind(found[key])
+        except ValueError:
+            where = f" in {cfg_path}" if cfg_path else ""
+            raise SshSettingsError(name, f"{found[key]!r}{where} is not a {'whole ' if kind is int else ''}number") from None
+
     if "port" in found:
-        data["port"] = int(found["port"])
+        data["port"] = number("port", "Port", int)
     if "user" in found:
         data["user"] = found["user"]
     if found.get("identityfile"):
@@ -226,7 +233,7 @@ def resolve_ssh_settings(
     if found.get("proxyjump") and found["proxyjump"].lower() != "none":
         data["proxy_jump"] = found["proxyjump"]
     if "connecttimeout" in found:
-        data["connect_timeout"] = float(found["connecttimeout"])
+        data["connect_timeout"] = number("connecttimeout", "ConnectTimeout", float)
 
     # user@host:port in the spec beats the config (as with `ssh -p`), overrides beat both
     if user:

@@ -152,3 +152,26 @@ def test_settings_round_trip_through_their_plain_form_and_reject_what_ssh_would_
             SshSettings(hostname="h", **bad)
     with pytest.raises(SshSettingsError, match="no_such"):
         SshSettings.from_dict({"hostname": "h", "no_such": 1})
+
+
+@pytest.mark.parametrize("line, field", [("Port abc", "Port"), ("ConnectTimeout soon", "ConnectTimeout")])
+def test_a_bad_number_in_the_ssh_config_names_the_setting_and_the_file(tmp_path, line, field):
+    path = tmp_path / "config"
+    path.write_text(f"Host bad\n    {line}\n")
+    with pytest.raises(SshSettingsError) as e:
+        resolve_ssh_settings("bad", str(path))
+    assert e.value.field == field and str(path) in str(e.value)
+
+
+def test_a_bad_ssh_config_is_a_user_error_naming_the_host_not_an_internal_error(tmp_path):
+    from kvorch.errors import UserError
+    from kvorch.inventory import load_inventory
+    from kvorch.nodes import _ssh_settings
+
+    path = tmp_path / "config"
+    path.write_text("Host *\n    Port abc\n")
+    inv = load_inventory(os.path.join(os.path.dirname(__file__), "..", "..", "inventories", "loopback.yaml"))
+    name = next(iter(inv.hosts))
+    with pytest.raises(UserError) as e:
+        _ssh_settings(inv, name, inv.hosts[name].address, str(path))
+    assert f"host {name}" in e.value.message and "Port" in e.value.message and f"hosts.{name}.ssh" in (e.value.hint or "")
