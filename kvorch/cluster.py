@@ -117,7 +117,7 @@ def up(c: Session, plan: Plan, *, timeout: float = 600.0, preflight: bool = True
         return now_
 
     with cluster_lock(plan.cluster, "up"):
-        nodes, _ = open_nodes(inv, plan, c.ssh_config)
+        nodes, _ = open_nodes(plan, c.ssh_config)
         try:
             observed = run_parallel(nodes, lambda n: observe(plan, n))
             tp = phase("connect_observe", t0)
@@ -269,7 +269,7 @@ def save_state_only_run(state: RunState) -> None:
     from .runstate import write_json
 
     state.stopped_at = now()
-    write_json(state.run_dir() / "state.json", state.model_dump(mode="json"))
+    write_json(state.run_dir() / "state.json", state.to_json())
 
 
 def _safe_tail(nodes: dict[str, Node], p: ProcessSpec, n: int = 30) -> str:
@@ -308,7 +308,6 @@ class _StartFailed(Exception):
 def down(c: Session, plan: Plan, *, collect: bool = True, grace: float = 10.0) -> DownResult:
     """Collect (unless told not to), stop everything of ours on every host (marker and groups),
     check nothing is left and every planned port is free, collect again (the shutdown lines)."""
-    inv = c.inventory()
     with cluster_lock(plan.cluster, "down"):
         state = load_state(plan.cluster)
         collect_mod = None
@@ -316,7 +315,7 @@ def down(c: Session, plan: Plan, *, collect: bool = True, grace: float = 10.0) -
             from . import collect as collect_mod
 
             collect_mod.collect_quietly(c, plan, run_id=state.run_id)  # never raises
-        nodes, errors = open_nodes(inv, plan, c.ssh_config, strict=False)
+        nodes, errors = open_nodes(plan, c.ssh_config, strict=False)
         try:
             c.events.stopping([p.name for p in plan.processes()], "down")
             results = stop_all(plan, nodes, None, grace, strict=False)
@@ -378,7 +377,7 @@ def status(c: Session, plan: Plan) -> StatusResult:
     """Every process: running / degraded / dead / unhealthy, pid, serving pid, uptime, last log line.
     ``ok`` when every process runs and answers its health URL."""
     state = load_state(plan.cluster)
-    nodes, errors = open_nodes(c.inventory(), plan, c.ssh_config, strict=False)
+    nodes, errors = open_nodes(plan, c.ssh_config, strict=False)
     try:
         rows = status_rows(plan, nodes, expected_members(state))
     finally:
@@ -401,7 +400,7 @@ def _log_procs(plan: Plan, name: str | None) -> list[ProcessSpec]:
 def logs(c: Session, plan: Plan, *, name: str | None = None, lines: int = 20) -> LogsResult:
     """The last ``lines`` of each process's log (or of ``name``'s): ``processes`` → host, log, lines."""
     procs = _log_procs(plan, name)
-    nodes, _ = open_nodes(c.inventory(), plan, c.ssh_config, names=sorted({p.host for p in procs}))
+    nodes, _ = open_nodes(plan, c.ssh_config, names=sorted({p.host for p in procs}))
     try:
         tails = {p.name: {"host": p.host, "log": nodes[p.host].path(p.log_path),
                           "lines": (nodes[p.host].ops.tail(p.log_path, lines) or "").splitlines()} for p in procs}
@@ -423,7 +422,7 @@ def follow(c: Session, plan: Plan, *, name: str | None = None, lines: int = 20, 
     written, until the caller stops iterating (close the generator, or Ctrl-C). ``on_tail`` is
     called with ``{process: {host, lines}}`` once the tails are read, before following starts."""
     procs = _log_procs(plan, name)
-    nodes, _ = open_nodes(c.inventory(), plan, c.ssh_config, names=sorted({p.host for p in procs}))
+    nodes, _ = open_nodes(plan, c.ssh_config, names=sorted({p.host for p in procs}))
     try:
         offsets: dict[str, int] = {}
         tails: dict[str, Any] = {}

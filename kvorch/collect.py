@@ -546,7 +546,7 @@ def resolve_run(plan: Plan, run_id: str | None) -> tuple[RunState, Path, bool]:
     if not sf.exists():
         raise UserError(f"{rd}: no state.json: not a run folder", hint="pass a run id from logs/ (or its path)")
     try:
-        st = RunState.model_validate_json(sf.read_text())
+        st = RunState.from_json(sf.read_text())
     except ValueError:
         raise UserError(f"{sf}: unreadable run state") from None
     if st.cluster != plan.cluster:
@@ -992,7 +992,7 @@ def collect(c: Session, plan: Plan, run_id: str | None = None, options: CollectO
         not_in_plan = sorted(in_run - {h.name for h in plan.hosts})
         phases: dict[str, float] = {}
         tp = time.monotonic()
-        nodes, errors = open_nodes(inv, plan, c.ssh_config, names=wanted, strict=False)
+        nodes, errors = open_nodes(plan, c.ssh_config, names=wanted, strict=False)
         _probe(nodes, errors)
         phases["connect"] = time.monotonic() - tp
         try:

@@ -87,6 +87,25 @@ class HostSpec(EnvMixin):
             return self.python
         return sys.executable if self.connector == "local" else "python3"
 
+    def ssh_target(self) -> str:
+        """What the ssh_config is looked up by: the alias, else the address."""
+        return self.ssh.alias or self.address
+
+    def ssh_overrides(self) -> dict[str, Any]:
+        """The inventory's SSH settings for this host, as overrides of the ssh_config's
+        (:func:`kvorch.hosts.ssh_config.resolve_ssh_settings`); unset ones left out."""
+        s = self.ssh
+        o: dict[str, Any] = {
+            "hostname": self.address if s.alias is None else None,
+            "port": s.port, "user": s.user, "proxy_jump": s.proxy_jump, "connect_timeout": s.connect_timeout,
+            "allow_agent": s.allow_agent, "strict_host_key_checking": s.strict_host_key_checking,
+        }
+        if s.identity_file:
+            o["identity_files"] = [s.identity_file]
+        if s.known_hosts_file:
+            o["known_hosts_files"] = [s.known_hosts_file]
+        return {k: v for k, v in o.items() if v is not None}
+
 
 class MonitorPorts(Strict):
     pull: int = Field(ge=1, le=65535)

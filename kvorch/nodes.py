@@ -38,52 +38,50 @@ class Node:
 
 
 def ssh_overrides(inv: Inventory, host: str, insecure: bool = False) -> dict[str, Any]:
-    s = inv.hosts[host].ssh
-    o: dict[str, Any] = {
-        "hostname": inv.hosts[host].address if s.alias is None else None,
-        "port": s.port, "user": s.user, "proxy_jump": s.proxy_jump, "connect_timeout": s.connect_timeout,
-        "allow_agent": s.allow_agent, "strict_host_key_checking": s.strict_host_key_checking,
-    }
-    if s.identity_file:
-        o["identity_files"] = [s.identity_file]
-    if s.known_hosts_file:
-        o["known_hosts_files"] = [s.known_hosts_file]
+    o = inv.hosts[host].ssh_overrides()
     if insecure:
         o["strict_host_key_checking"] = False
-    return {k: v for k, v in o.items() if v is not None}
+    return o
 
 
-def _ssh_settings(inv: Inventory, name: str, address: str, ssh_config: str | None):
+def ssh_settings_of(name: str, target: str, overrides: dict[str, Any], ssh_config: str | None):
+    """The SSH settings of host ``name``: ``target`` (its alias or address) looked up in the
+    ssh_config, with the inventory's ``overrides`` on top."""
     from .hosts.ssh_config import resolve_ssh_settings
 
-    spec = inv.hosts[name].ssh
     try:
-        return resolve_ssh_settings(spec.alias or address, ssh_config, ssh_overrides(inv, name))
+        return resolve_ssh_settings(target, ssh_config, overrides)
     except FileNotFoundError as e:
         raise UserError(str(e), hint="pass an existing file with --ssh-config (or ORCHESTRATE_SSH_CONFIG)") from None
     except ValueError as e:  # SshSettingsError: a value from the ssh_config or the inventory
         raise UserError(f"host {name}: cannot use its SSH settings: {e}",
-                        hint=f"fix the ssh_config entry for {spec.alias or address} or hosts.{name}.ssh in the inventory") from None
+                        hint=f"fix the ssh_config entry for {target} or hosts.{name}.ssh in the inventory") from None
 
 
-def _ssh_transport(inv: Inventory, name: str, address: str, ssh_config: str | None):
-    from .hosts.ssh import SshTransport
+def _ssh_settings(inv: Inventory, name: str, address: str, ssh_config: str | None):
+    hs = inv.hosts[name]
+    return ssh_settings_of(name, hs.ssh.alias or address, hs.ssh_overrides(), ssh_config)
 
-    return SshTransport(_ssh_settings(inv, name, address, ssh_config), name=name)
+
+def _plan_settings(hp: HostPlan, ssh_config: str | None):
+    return ssh_settings_of(hp.name, hp.ssh_target or hp.address, hp.ssh, ssh_config)
 
 
-def _transport(inv: Inventory, hp: HostPlan, ssh_config: str | None):
+def _transport(hp: HostPlan, ssh_config: str | None):
     if hp.connector == "local":
         from .hosts.local import LocalTransport
 
         return LocalTransport(name=hp.name)
+    settings = _plan_settings(hp, ssh_config)
     early = _EARLY.pop((hp.name, hp.address, ssh_config), None)
     if early is not None:
-        settings, fut = early
-        if settings == _ssh_settings(inv, hp.name, hp.address, ssh_config):
+        early_settings, fut = early
+        if early_settings == settings:
             return fut.result()  # opened (or failed: the same error connect() would have raised)
         _discard(fut)  # a prediction that no longer holds: its connection is not used
-    return _ssh_transport(inv, hp.name, hp.address, ssh_config)
+    from .hosts.ssh import SshTransport
+
+    return SshTransport(settings, name=hp.name)
 
 
 #: connections begun by :func:`connect_early` / :func:`connect_predicted`, by (host name,
@@ -133,8 +131,32 @@ def _begin(key: tuple[str, str, str | None], settings: Any) -> None:
     threading.Thread(target=work, name=f"kvorch-connect-{name}", daemon=True).start()
 
 
-def connect_early(inv: Inventory, ssh_config: str | None, *, inventory_path: str | None = None) -> None:
-    """Begin connecting to every SSH host of ``inv`` now, one background thread each.
+def _ssh_hosts(source: Inventory | Plan, ssh_config: str | None) -> list[tuple[str, str, Any]]:
+    """(name, address, settings) of every SSH host of an inventory or a plan; a host whose
+    settings do not resolve is left out (:func:`open_nodes` reports it)."""
+    from .plan import Plan
+
+    out = []
+    if isinstance(source, Plan):
+        for hp in source.hosts:
+            if hp.connector == "ssh":
+                try:
+                    out.append((hp.name, hp.address, _plan_settings(hp, ssh_config)))
+                except UserError:
+                    continue
+        return out
+    for name, h in source.hosts.items():
+        if h.connector == "ssh":
+            try:
+                out.append((name, h.address, _ssh_settings(source, name, h.address, ssh_config)))
+            except UserError:
+                continue
+    return out
+
+
+def connect_early(source: Inventory | Plan, ssh_config: str | None, *, inventory_path: str | None = None) -> None:
+    """Begin connecting to every SSH host of ``source`` (a validated inventory, or its plan) now,
+    one background thread each.
 
     A short command (``status``, ``preflight``) spends most of its time importing and building
     the plan, then connecting; begun first, the SSH handshakes (the remote side's work: sshd,
@@ -142,22 +164,17 @@ def connect_early(inv: Inventory, ssh_config: str | None, *, inventory_path: str
     connection (or its error) over. paramiko is imported here, in the calling thread, so that
     no two threads import the same modules at once. Hosts :func:`connect_predicted` is already
     connecting to with the same settings are left to it. With ``inventory_path`` (the file
-    ``inv`` was loaded from), the hosts are remembered for the next command's
+    ``source`` was loaded from), the hosts are remembered for the next command's
     :func:`connect_predicted`."""
-    if not any(h.connector == "ssh" for h in inv.hosts.values()):
+    hosts = _ssh_hosts(source, ssh_config)
+    if not hosts:
         return  # nothing to connect, and no paramiko to import
     from .hosts import ssh as _  # noqa: F401 - see the docstring
 
     remembered = []
-    for name, h in inv.hosts.items():
-        if h.connector != "ssh":
-            continue
-        key = (name, h.address, ssh_config)
-        try:
-            settings = _ssh_settings(inv, name, h.address, ssh_config)
-        except UserError:
-            continue  # open_nodes reports it
-        remembered.append({"name": name, "address": h.address, "settings": settings.to_dict()})
+    for name, address, settings in hosts:
+        key = (name, address, ssh_config)
+        remembered.append({"name": name, "address": address, "settings": settings.to_dict()})
         if key in _EARLY:
             if _EARLY[key][0] == settings:
                 continue
@@ -232,9 +249,10 @@ def host_error_message(name: str, exc: BaseException) -> UserError:
     return UserError(f"host {name}: {type(exc).__name__}: {exc}")
 
 
-def open_nodes(inv: Inventory, plan: Plan, ssh_config: str | None, names: list[str] | None = None,
+def open_nodes(plan: Plan, ssh_config: str | None, names: list[str] | None = None,
                *, strict: bool = True) -> tuple[dict[str, Node], dict[str, UserError]]:
-    """Connect to every host of the plan (or ``names``) in parallel.
+    """Connect to every host of the plan (or ``names``) in parallel (each host's SSH settings
+    are the plan's: :attr:`HostPlan.ssh_target` looked up in ``ssh_config``, :attr:`HostPlan.ssh` on top).
 
     Returns (connected nodes, errors by host). With ``strict`` any error is raised as one UserError
     naming every host that failed (after closing the others).
@@ -245,7 +263,7 @@ def open_nodes(inv: Inventory, plan: Plan, ssh_config: str | None, names: list[s
     wanted = [h for h in plan.hosts if names is None or h.name in names]
 
     def connect(hp: HostPlan) -> Node:
-        transport = _transport(inv, hp, ssh_config)
+        transport = _transport(hp, ssh_config)
         try:
             wd = _resolve_workdir(HostOps(transport), hp.workdir, hp.connector == "local")
         except BaseException:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import TYPE_CHECKING, Any, Literal
 
 from .bundle import local_bundle
-from .inventory import HEARTBEAT_KEY, EngineSpec, HostSpec, Inventory, heartbeat_time_of
+
+if TYPE_CHECKING:
+    from .inventory import EngineSpec, HostSpec, Inventory
 
 #: Set on every process: nothing here may phone home (and there is no network to do it).
 NO_TELEMETRY = {"DO_NOT_TRACK": "1", "LMCACHE_TRACK_USAGE": "false", "VLLM_NO_USAGE_STATS": "1"}
@@ -28,7 +29,8 @@ HOST_PROGRAMS = ("sim", "sim_controller")
 ProcessKind = Literal["controller", "engine", "lmcache_server", "proxy"]
 
 
-class PlannedFile(BaseModel):
+@dataclass(kw_only=True)
+class PlannedFile:
     path: str
     content: str
     mode: int = 0o644
@@ -43,22 +45,27 @@ class PlannedFile(BaseModel):
                 "content": REDACTED if self.secret else self.content}
 
 
-class ProcessSpec(BaseModel):
+@dataclass(kw_only=True)
+class ProcessSpec:
     name: str
     kind: ProcessKind
-    program: str = Field(description="vllm | sim | lmcache_controller | sim_controller | lmcache_server | proxy")
+    #: vllm | sim | lmcache_controller | sim_controller | lmcache_server | pd_proxy
+    program: str
     role: str
     host: str
     stage: int
     env: dict[str, str]
-    secret_env: list[str] = Field(default_factory=list, description="names only; values live in the secrets file")
+    #: names only; values live in the secrets file
+    secret_env: list[str] = field(default_factory=list)
     argv: list[str]
     launch_script: str
     log_path: str
     pid_path: str
-    fresh_dirs: list[str] = Field(default_factory=list, description="wiped and recreated before start")
+    #: wiped and recreated before start
+    fresh_dirs: list[str] = field(default_factory=list)
     bind: str
-    address: str = Field(description="address clients use to reach it")
+    #: address clients use to reach it
+    address: str
     port: int
     ports: list[int]
     health_url: str
@@ -66,24 +73,35 @@ class ProcessSpec(BaseModel):
     api_url: str | None = None
     instance_id: str | None = None
     config_file: str | None = None
-    python_path: list[str] = Field(default_factory=list,
-                                   description="workdir-relative dirs the launch script puts first on PYTHONPATH (the bundle)")
+    #: workdir-relative dirs the launch script puts first on PYTHONPATH (the bundle)
+    python_path: list[str] = field(default_factory=list)
 
 
-class HostPlan(BaseModel):
+@dataclass(kw_only=True)
+class HostPlan:
     name: str
     address: str
     connector: Literal["ssh", "local"]
     workdir: str
     python: str
-    prepare: list[list[str]] = Field(default_factory=list, description="commands run (in order) before starting")
-    bundle: str | None = Field(None, description="sha256 of the bundle of this tool `up` ships (kvorch/bundle.py), "
-                                                 "when the host runs any of this tool's programs")
+    #: commands run (in order) before starting
+    prepare: list[list[str]] = field(default_factory=list)
+    #: sha256 of the bundle of this tool `up` ships (kvorch/bundle.py), when the host runs any of
+    #: this tool's programs
+    bundle: str | None = None
     files: list[PlannedFile]
     processes: list[ProcessSpec]
+    #: SSH hosts: what the connection is resolved from (:func:`kvorch.nodes.ssh_settings_of`): the
+    #: ssh_config name or address looked up, and the inventory's overrides (no secrets in either)
+    ssh_target: str | None = None
+    ssh: dict[str, Any] = field(default_factory=dict)
 
 
-class Plan(BaseModel):
+@dataclass(kw_only=True)
+class Plan:
+    """What ``up`` does, computed before anything touches a host: plain data (no pydantic), so
+    that a command reusing a kept plan (:mod:`kvorch.plan_cache`) imports no validation library."""
+
     cluster: str
     topology: str
     engine: str
@@ -116,7 +134,7 @@ class Plan(BaseModel):
 
     def public(self) -> dict[str, Any]:
         """JSON-able view with secret values redacted."""
-        data = self.model_dump(mode="json", exclude={"hosts": {"__all__": {"files"}}})
+        data = asdict(self)
         for hd, h in zip(data["hosts"], self.hosts):
             hd["files"] = [f.public() for f in h.files]
         return data
@@ -311,6 +329,8 @@ class _Builder:
         return self.inv.topology == "blend" or bool(self.inv.engine_lmcache(e).get("enable_blending"))
 
     def lmcache_config(self, e: EngineSpec) -> str:
+        from .inventory import HEARTBEAT_KEY, heartbeat_time_of
+
         inv = self.inv
         hs = inv.hosts[e.host]
         settings = inv.engine_lmcache(e)
@@ -385,7 +405,9 @@ class _Builder:
             hosts.append(HostPlan(name=name, address=hs.address, connector=hs.connector, workdir=hs.workdir,
                                   python=hs.interpreter(), prepare=prepare,
                                   bundle=local_bundle().sha256 if needs_bundle else None, files=self.files[name],
-                                  processes=self.procs[name]))
+                                  processes=self.procs[name],
+                                  ssh_target=hs.ssh_target() if hs.connector == "ssh" else None,
+                                  ssh=hs.ssh_overrides() if hs.connector == "ssh" else {}))
         return Plan(cluster=self.inv.cluster, topology=self.inv.topology, engine=self.inv.engine, model=self.inv.model,
                     hosts=hosts)
 

@@ -10,7 +10,8 @@ bundle's dependencies are installed. A file the plan read besides the inventory 
 ``source:``) is recorded with its sha256 and checked on every hit. Any difference misses and the
 plan is built (and stored) again.
 
-The entry is a pickle of the two pydantic objects (loading it costs ~0.2 ms and no validation),
+The entry is a pickle of the plan (plain dataclasses) and of the pickled inventory (pydantic
+objects, unpickled only when a command asks for the inventory: ``status`` never does),
 in ``<state>/plans/`` (the directory 0700, the file 0600); it is read only when both belong to
 this user and nobody else can write them, the same trust Python gives its own ``__pycache__``.
 A plan that carries a secret's value (an engine's token in its host's secrets file) is never kept:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from .plan import Plan
 
 #: bump when what is stored changes meaning
-_FORMAT = 1
+_FORMAT = 2
 _PKG_DIR = Path(__file__).resolve().parent
 _TEMPLATES = _PKG_DIR.parent / "templates"
 #: counted by the tests: how the last :func:`load_or_build` went ("hit", "miss", "off")
@@ -73,6 +74,18 @@ def _deps_where() -> list[str]:
     return out
 
 
+def _pydantic_version() -> str:
+    """pydantic's version file, read without importing pydantic (the kept inventory is a pickle
+    of pydantic objects; the plan is plain data)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("pydantic")
+    try:
+        return hashlib.sha256(Path(spec.origin).with_name("version.py").read_bytes()).hexdigest()  # type: ignore[union-attr, arg-type]
+    except (AttributeError, TypeError, OSError):
+        return "?"
+
+
 def key(inventory_path: str) -> str | None:
     """sha256 of everything the validated inventory and its plan are made from; None when the
     inventory cannot be read (the caller then builds, and reports the error the usual way)."""
@@ -81,10 +94,8 @@ def key(inventory_path: str) -> str | None:
             inv = f.read(1 << 22)
     except OSError:
         return None
-    import pydantic.version
-
     h = hashlib.sha256()
-    for part in (str(_FORMAT), __version__, sys.version, sys.executable, pydantic.version.VERSION,
+    for part in (str(_FORMAT), __version__, sys.version, sys.executable, _pydantic_version(),
                  os.path.abspath(inventory_path), os.getcwd(), os.environ.get("HOME", ""),
                  os.environ.get("ORCHESTRATE_TEMPLATES", ""), *_deps_where()):
         h.update(part.encode() + b"\0")
@@ -128,7 +139,18 @@ def _read_files(inv: Inventory) -> dict[str, str | None]:
     return {src: _sha(src)} if src else {}
 
 
-def lookup(inventory_path: str, k: str | None = None) -> tuple[Inventory, Plan] | None:
+class KeptInventory:
+    """The validated inventory of a kept entry, unpickled (pydantic imported) only when asked for:
+    ``status`` needs only the plan."""
+
+    def __init__(self, blob: bytes):
+        self._blob = blob
+
+    def load(self) -> Inventory:
+        return pickle.loads(self._blob)
+
+
+def lookup(inventory_path: str, k: str | None = None) -> tuple[KeptInventory, Plan] | None:
     k = k or key(inventory_path)
     path = _where(inventory_path)
     if k is None or not _trusted(path):
@@ -142,7 +164,10 @@ def lookup(inventory_path: str, k: str | None = None) -> tuple[Inventory, Plan] 
         return None
     if any(_sha(p) != digest for p, digest in entry.get("files", {}).items()):
         return None
-    return entry["inventory"], entry["plan"]
+    inv, plan = entry.get("inventory"), entry.get("plan")
+    if not isinstance(inv, bytes):
+        return None
+    return KeptInventory(inv), plan
 
 
 def _holds_secrets(plan: Plan) -> bool:
@@ -170,7 +195,8 @@ def store(inventory_path: str, inv: Inventory, plan: Plan, k: str | None = None)
     try:
         path.parent.mkdir(mode=0o700, exist_ok=True)
         os.chmod(path.parent, 0o700)
-        blob = pickle.dumps({"key": k, "files": _read_files(inv), "inventory": inv, "plan": plan},
+        blob = pickle.dumps({"key": k, "files": _read_files(inv), "plan": plan,
+                             "inventory": pickle.dumps(inv, protocol=pickle.HIGHEST_PROTOCOL)},
                             protocol=pickle.HIGHEST_PROTOCOL)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -181,8 +207,10 @@ def store(inventory_path: str, inv: Inventory, plan: Plan, k: str | None = None)
         pass
 
 
-def load_or_build(inventory_path: str, build: Callable[[], tuple[Any, Any]]) -> tuple[Inventory, Plan]:
-    """The kept (inventory, plan) for these exact inputs, else ``build()``'s, kept for next time."""
+def load_or_build(inventory_path: str,
+                  build: Callable[[], tuple[Any, Any]]) -> tuple[Inventory | KeptInventory, Plan]:
+    """The kept (inventory, plan) for these exact inputs, else ``build()``'s, kept for next time.
+    A kept inventory comes as a :class:`KeptInventory` (its ``load()`` unpickles it)."""
     global last_outcome
     k = key(inventory_path)
     hit = lookup(inventory_path, k) if k is not None else None

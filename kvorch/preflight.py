@@ -182,10 +182,13 @@ def run_checks(inv: Inventory, plan: Plan, nodes: dict[str, Node], skip_ports_of
 def preflight(c: Session, plan: Plan) -> PreflightResult:
     """Every check on every host (in parallel), processes of ours that run already excepted from
     the port checks. ``ok`` when none failed; ``checks`` the :class:`Check` list."""
+    from .gpu_checks import host_gpu_checks  # noqa: F401 - imported (and the inventory loaded) while
+    from .hosts.facts import HostFacts  # noqa: F401 - the hosts' login shells start, not after
     from .nodes import close_all, open_nodes
     from .processes import observe
 
-    nodes, errors = open_nodes(c.inventory(), plan, c.ssh_config, strict=False)
+    inv = c.inventory()
+    nodes, errors = open_nodes(plan, c.ssh_config, strict=False)
     try:
         from .hosts.parallel import run_parallel
 
@@ -195,7 +198,7 @@ def preflight(c: Session, plan: Plan) -> PreflightResult:
         for host, obs in seen.items():
             if isinstance(obs, BaseException):
                 raise obs
-        checks = run_checks(c.inventory(), plan, nodes, skip_ports_of=running)
+        checks = run_checks(inv, plan, nodes, skip_ports_of=running)
     finally:
         close_all(nodes)
     checks = [Check(h, "reachable", "fail", e.message, e.hint) for h, e in errors.items()] + checks

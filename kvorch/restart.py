@@ -34,7 +34,7 @@ def restart(c: Session, plan: Plan, names: Sequence[str], *, timeout: float = 60
     """Restart the named processes of the cluster (connects to their hosts, then
     :func:`restart_processes`)."""
     procs = _resolve(plan, names)
-    nodes, _ = open_nodes(c.inventory(), plan, c.ssh_config, names=sorted({p.host for p in procs}))
+    nodes, _ = open_nodes(plan, c.ssh_config, names=sorted({p.host for p in procs}))
     try:
         return restart_processes(plan, nodes, names, timeout=timeout, grace=grace)
     finally:

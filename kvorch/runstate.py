@@ -12,10 +12,10 @@ import datetime as dt
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from .errors import UserError
 
@@ -36,40 +36,96 @@ def new_run_id(cluster: str) -> str:
     return f"{cluster}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
 
 
-class ProcessState(BaseModel):
+@dataclass(kw_only=True)
+class ProcessState:
     name: str
     host: str
     pid: int | None = None
     started_at: str | None = None
     healthy_at: str | None = None
     stopped_at: str | None = None
-    exit: str | None = Field(None, description="how it stopped: sigterm | sigkill | dead | …")
-    ports: list[int] = Field(default_factory=list)
-    log_path: str = Field(description="absolute path of its log on its host")
+    #: how it stopped: sigterm | sigkill | dead | …
+    exit: str | None = None
+    ports: list[int] = field(default_factory=list)
+    #: absolute path of its log on its host
+    log_path: str
     health_url: str
     script_sha256: str | None = None
-    members: list[int] = Field(default_factory=list, description="its live pids once healthy (leader, server, children)")
+    #: its live pids once healthy (leader, server, children)
+    members: list[int] = field(default_factory=list)
 
 
-class HostState(BaseModel):
+@dataclass(kw_only=True)
+class HostState:
     name: str
     address: str
-    workdir: str = Field(description="absolute working directory on the host")
-    files: dict[str, str] = Field(default_factory=dict, description="path → sha256 of what was uploaded")
+    #: absolute working directory on the host
+    workdir: str
+    #: path → sha256 of what was uploaded
+    files: dict[str, str] = field(default_factory=dict)
 
 
-class RunState(BaseModel):
+@dataclass(kw_only=True)
+class RunState:
+    """What ``up`` started, kept in ``<state>/<cluster>.json`` and the run folder's state.json.
+    Plain data (no pydantic): ``status`` reads it on every call."""
+
     run_id: str
     cluster: str
     inventory: str
     started_at: str
     stopped_at: str | None = None
-    hosts: dict[str, HostState] = Field(default_factory=dict)
-    processes: dict[str, ProcessState] = Field(default_factory=dict)
-    scenario_runs: list[str] = Field(default_factory=list)
+    hosts: dict[str, HostState] = field(default_factory=dict)
+    processes: dict[str, ProcessState] = field(default_factory=dict)
+    scenario_runs: list[str] = field(default_factory=list)
 
     def run_dir(self) -> Path:
         return logs_root() / self.run_id
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunState":
+        """Parse a state file; ValueError when it is not one (a field missing or of the wrong type)."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        hosts = {k: _typed(HostState, v) for k, v in _obj(data.pop("hosts", {})).items()}
+        procs = {k: _typed(ProcessState, v) for k, v in _obj(data.pop("processes", {})).items()}
+        return _typed(cls, data, hosts=hosts, processes=procs)
+
+
+def _obj(v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ValueError(f"expected an object, got {type(v).__name__}")
+    return v
+
+
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "str | None": lambda v: v is None or isinstance(v, str),
+    "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+    "list[int]": lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+    "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "dict[str, str]": lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+}
+
+
+def _typed(cls: Any, data: Any, **done: Any) -> Any:
+    """``cls(**data)`` with every field's type checked (the annotations above are strings)."""
+    data = _obj(data)
+    known = {f.name: f for f in fields(cls)}
+    data = {k: v for k, v in data.items() if k in known}  # a field of a newer version: ignored
+    for k, v in data.items():
+        f = known[k]
+        check = _CHECKS.get(str(f.type))
+        if check is not None and not check(v):
+            raise ValueError(f"{cls.__name__}.{k}: {v!r} is not {f.type}")
+    try:
+        return cls(**data, **done)
+    except TypeError as e:  # a required field missing
+        raise ValueError(f"{cls.__name__}: {e}") from None
 
 
 def state_path(cluster: str) -> Path:
@@ -77,7 +133,7 @@ def state_path(cluster: str) -> Path:
 
 
 def save_state(state: RunState) -> None:
-    text = state.model_dump_json(indent=2)
+    text = json.dumps(state.to_json(), indent=2)
     for path in (state_path(state.cluster), state.run_dir() / "state.json"):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -99,7 +155,7 @@ def load_state(cluster: str) -> RunState | None:
     if not path.exists():
         return None
     try:
-        return RunState.model_validate_json(path.read_text())
+        return RunState.from_json(path.read_text())
     except ValueError:
         raise UserError(f"{path}: the run state is unreadable", hint=f"remove {path} and run `orchestrate down` to clean the hosts") from None
 

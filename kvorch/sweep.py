@@ -307,7 +307,7 @@ def _apply(c: Any, plan: Any, procs: list[str], timeout: float) -> float:
     from .runstate import load_state, save_state
 
     t0 = time.monotonic()
-    nodes, _ = open_nodes(c.inventory(), plan, c.ssh_config)
+    nodes, _ = open_nodes(plan, c.ssh_config)
     try:
         ups = run_parallel(nodes, lambda n: _upload(n, plan))
         for host, res in ups.items():

@@ -54,6 +54,17 @@ class Ctx(Session):
         self._inventory, plan = plan_cache.load_or_build(self.inventory_path, build)
         return plan
 
+    def inventory(self) -> Any:
+        """As :meth:`Session.inventory`; a kept one (:meth:`kept_plan`) is unpickled only now."""
+        from ..plan_cache import KeptInventory
+
+        if isinstance(self._inventory, KeptInventory):
+            skip_pydantic_plugin_scan()
+            self._inventory = self._inventory.load()
+        elif self._inventory is None:
+            skip_pydantic_plugin_scan()
+        return Session.inventory(self)
+
     def start_events(self) -> None:
         from .progress import RichEvents
 
@@ -204,18 +215,20 @@ def _emit(c: Ctx, result: Any, show: Any) -> None:
         sys.exit(1)
 
 
-def _connect_first(c: Ctx, *, kept_plan: bool = False) -> Plan | None:
+def _connect_first(c: Ctx, *, kept_plan: bool = False, pydantic: bool = True) -> Plan | None:
     """Begin the SSH handshakes first (the hosts' sshd and login shells then work while this
     process imports, validates and plans): to the hosts this very inventory file connected to
     last time, before it is validated, then to every host of the validated inventory. With
     ``kept_plan`` returns :meth:`Ctx.kept_plan` (read before the inventory is validated: a hit
-    validates nothing)."""
+    validates nothing, and the hosts to connect to are the kept plan's). ``pydantic=False``: the
+    command needs no pydantic model (``status`` on a kept plan imports none)."""
     from ..nodes import connect_early, connect_predicted
 
     connect_predicted(c.inventory_path, c.ssh_config)  # imports no pydantic: begun ~0.1 s sooner
-    skip_pydantic_plugin_scan()
+    if pydantic:
+        skip_pydantic_plugin_scan()
     plan = c.kept_plan() if kept_plan else None
-    connect_early(c.inventory(), c.ssh_config, inventory_path=c.inventory_path)
+    connect_early(plan if plan is not None else c.inventory(), c.ssh_config, inventory_path=c.inventory_path)
     return plan
 
 
@@ -288,7 +301,7 @@ def preflight(c: Ctx) -> None:
 @pass_ctx
 def status(c: Ctx) -> None:
     """Per process: running / dead / unhealthy, uptime, port, last log line."""
-    plan = _connect_first(c, kept_plan=True)
+    plan = _connect_first(c, kept_plan=True, pydantic=False)
     assert plan is not None
     from .. import cluster
     from .plain import format_status, terminal_width

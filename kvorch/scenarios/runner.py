@@ -75,7 +75,7 @@ def run_scenario(c: Session, spec: spec_mod.ScenarioSpec, params: Any) -> dict[s
     state = load_state(plan.cluster)
     if state is None:
         raise ScenarioCannotRun(f"cluster {plan.cluster!r} is not up", hint="run `orchestrate up` first")
-    nodes, _ = open_nodes(inv, plan, c.ssh_config, names=sorted({p.host for p in plan.processes()}))
+    nodes, _ = open_nodes(plan, c.ssh_config, names=sorted({p.host for p in plan.processes()}))
     try:
         unwell = _not_running(plan, nodes)
     except BaseException:

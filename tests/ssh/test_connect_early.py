@@ -38,7 +38,7 @@ def test_open_nodes_takes_over_the_connections_begun_early(sshd_cluster, tmp_pat
     early = dict(kn._EARLY)
     assert set(k[0] for k in early) == {"node13", "node97"}
     plan = build_plan(inv)
-    nodes, errors = kn.open_nodes(inv, plan, str(sshd_cluster.ssh_config), strict=False)
+    nodes, errors = kn.open_nodes(plan, str(sshd_cluster.ssh_config), strict=False)
     try:
         assert errors == {} and set(nodes) == {"node13", "node97"}
         assert kn._EARLY == {}  # taken over, not connected twice
@@ -63,7 +63,7 @@ def test_a_workdir_under_home_is_resolved_with_what_the_early_shell_reported(ssh
 
     real = HostOps.run
     monkeypatch.setattr(HostOps, "run", lambda self, cmd, *a, **k: asked.append(cmd) or real(self, cmd, *a, **k))
-    nodes, errors = kn.open_nodes(inv, build_plan(inv), str(sshd_cluster.ssh_config), strict=False)
+    nodes, errors = kn.open_nodes(build_plan(inv), str(sshd_cluster.ssh_config), strict=False)
     try:
         assert errors == {}
         home = os.path.expanduser("~")  # (the loopback hosts are this machine, this user)
@@ -72,7 +72,7 @@ def test_a_workdir_under_home_is_resolved_with_what_the_early_shell_reported(ssh
     finally:
         kn.close_all(nodes)
     # without an early connection the home directory is asked for
-    nodes, errors = kn.open_nodes(inv, build_plan(inv), str(sshd_cluster.ssh_config), strict=False)
+    nodes, errors = kn.open_nodes(build_plan(inv), str(sshd_cluster.ssh_config), strict=False)
     kn.close_all(nodes)
     assert errors == {} and sum("HOME" in c for c in asked) == 2
 
@@ -83,12 +83,12 @@ def test_a_host_that_cannot_be_reached_early_fails_in_open_nodes_with_the_usual_
     inv = _inventory(sshd_cluster, tmp_path, port97=_closed_port())
     plan = build_plan(inv)
     # without connect_early the transport connects at its first command, and fails there
-    plain, _ = kn.open_nodes(inv, plan, str(sshd_cluster.ssh_config), strict=False)
+    plain, _ = kn.open_nodes(plan, str(sshd_cluster.ssh_config), strict=False)
     with pytest.raises(HostUnreachable) as exc:
         plain["node97"].ops.run(":")
     kn.close_all(plain)
     kn.connect_early(inv, str(sshd_cluster.ssh_config))
-    nodes, errors = kn.open_nodes(inv, plan, str(sshd_cluster.ssh_config), strict=False)
+    nodes, errors = kn.open_nodes(plan, str(sshd_cluster.ssh_config), strict=False)
     try:
         assert set(nodes) == {"node13"} and set(errors) == {"node97"}
         assert errors["node97"].message == kn.host_error_message("node97", exc.value).message
@@ -102,7 +102,7 @@ def test_connections_nobody_took_over_are_closed_with_the_nodes(sshd_cluster, tm
     kn.connect_early(inv, str(sshd_cluster.ssh_config))
     plan = build_plan(inv)
     fut97 = next(f for k, (_, f) in kn._EARLY.items() if k[0] == "node97")
-    nodes, _ = kn.open_nodes(inv, plan, str(sshd_cluster.ssh_config), names=["node13"], strict=False)
+    nodes, _ = kn.open_nodes(plan, str(sshd_cluster.ssh_config), names=["node13"], strict=False)
     assert set(nodes) == {"node13"} and len(kn._EARLY) == 1
     t97 = fut97.result()
     assert t97._conn is not None
@@ -177,7 +177,7 @@ def test_connections_predicted_from_the_remembered_hosts_are_taken_over(sshd_clu
     again = load_inventory(path)
     kn.connect_early(again, cfg, inventory_path=path)  # the validated inventory agrees: nothing new begun
     assert {k[0]: f for k, (_, f) in kn._EARLY.items()} == predicted
-    nodes, errors = kn.open_nodes(again, build_plan(again), cfg, strict=False)
+    nodes, errors = kn.open_nodes(build_plan(again), cfg, strict=False)
     try:
         assert errors == {} and kn._EARLY == {}
         for name, fut in predicted.items():
@@ -197,7 +197,7 @@ def test_a_prediction_the_validated_inventory_contradicts_is_not_used(sshd_clust
     connect_cache.remember(path, cfg, hosts)
     assert kn.connect_predicted(path, cfg) == 2
     stale = [f for _, f in kn._EARLY.values()]
-    nodes, errors = kn.open_nodes(inv, build_plan(inv), cfg, strict=False)
+    nodes, errors = kn.open_nodes(build_plan(inv), cfg, strict=False)
     try:
         assert errors == {} and set(nodes) == {"node13", "node97"}
         for n in nodes.values():

@@ -4,6 +4,7 @@ have written it; a `status` that reuses it imports neither Jinja2 nor PyYAML."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -159,8 +160,39 @@ def test_status_with_a_kept_plan_imports_neither_jinja2_nor_yaml_and_prints_the_
     assert "absent" in second.stdout and second.stdout == first.stdout
     assert {"jinja2", "yaml"} <= {m.split(".")[0] for m in _imported(first.stderr)}  # built: rendered
     assert not {m for m in _imported(second.stderr) if m.split(".")[0] in ("jinja2", "yaml")}
+    # the kept plan is plain data and the kept inventory stays pickled: no validation library at all
+    assert "pydantic" in {m.split(".")[0] for m in _imported(first.stderr)}
+    assert not {m for m in _imported(second.stderr) if m.split(".")[0] in ("pydantic", "pydantic_core")}
     # edited: built again, and the edit shows
     text = orch.inventory.read_text()
     orch.inventory.write_text(text.replace(f"cluster: {name}", f"cluster: {name}x"))
     third = status()
     assert f"cluster {name}x" in third.stdout and "jinja2" in {m.split(".")[0] for m in _imported(third.stderr)}
+
+
+def test_the_kept_inventory_is_unpickled_only_when_asked_for(inv):
+    build = Builds()
+    plan_cache.load_or_build(inv, build)
+    kept, plan = plan_cache.load_or_build(inv, build)
+    assert plan_cache.last_outcome == "hit" and isinstance(kept, plan_cache.KeptInventory)
+    assert kept.load() == build()[0]
+
+
+def test_preflight_with_a_kept_plan_loads_the_kept_inventory(tmp_path):
+    # preflight's checks read the inventory (lmcache_version, GPU checks): the lazily kept one
+    name = f"pf{tmp_path.name[-12:]}".replace("_", "").replace("-", "")[:30]
+
+    def m(d):
+        d["cluster"] = name
+        give_free_ports(d)
+        for h in d["hosts"].values():
+            h["workdir"] = str(tmp_path / "hosts")
+    orch = Orch(tmp_path, write_inventory(tmp_path / "inv.yaml", "inventories/local.yaml", m))
+    (tmp_path / "state").mkdir()
+    first = orch("--json", "preflight")
+    second = orch("--json", "preflight")
+    assert list((tmp_path / "state" / "plans").iterdir())  # kept by the first
+    def verdicts(r):
+        return [(c["host"], c["name"], c["status"]) for c in json.loads(r.out)["checks"]]
+    assert first.code == second.code and verdicts(first) == verdicts(second)
+    assert ("*", "PYTHONHASHSEED", "ok") in verdicts(second)
