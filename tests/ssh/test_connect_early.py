@@ -51,6 +51,37 @@ def test_open_nodes_takes_over_the_connections_begun_early(sshd_cluster, tmp_pat
         kn.close_all(nodes)
 
 
+def test_a_kept_plan_alone_begins_the_connections_open_nodes_takes_over(sshd_cluster, tmp_path):
+    # status on a kept plan never loads the inventory: each host's SSH target and overrides are the plan's
+    plan = build_plan(_inventory(sshd_cluster, tmp_path, port97=sshd_cluster.port))
+    assert plan.host("node97").ssh["port"] == sshd_cluster.port and plan.host("node97").ssh["connect_timeout"] == 3
+    kn.connect_early(plan, str(sshd_cluster.ssh_config))
+    early = {k[0]: f for k, (_, f) in kn._EARLY.items()}
+    assert set(early) == {"node13", "node97"}
+    nodes, errors = kn.open_nodes(plan, str(sshd_cluster.ssh_config), strict=False)
+    try:
+        assert errors == {} and kn._EARLY == {}
+        assert all(nodes[n].ops.t is f.result() for n, f in early.items())
+    finally:
+        kn.close_all(nodes)
+
+
+def test_the_plans_ssh_overrides_are_what_connects(sshd_cluster, tmp_path):
+    # planted: the plan says a closed port for node97; connecting follows the plan, not the ssh_config
+    from kvorch.hosts.base import HostUnreachable
+
+    plan = build_plan(_inventory(sshd_cluster, tmp_path))
+    closed = _closed_port()
+    plan.host("node97").ssh.update(port=closed, connect_timeout=3)
+    nodes, _ = kn.open_nodes(plan, str(sshd_cluster.ssh_config), strict=False)
+    try:
+        assert nodes["node13"].ops.run("true").exit_code == 0
+        with pytest.raises(HostUnreachable, match=f"127.0.0.97:{closed}"):
+            nodes["node97"].ops.run("true")  # (an absolute workdir: the connection opens with the first command)
+    finally:
+        kn.close_all(nodes)
+
+
 def test_a_workdir_under_home_is_resolved_with_what_the_early_shell_reported(sshd_cluster, tmp_path, monkeypatch):
     import os
 
