@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -115,12 +114,9 @@ def _begin(key: tuple[str, str, str | None], settings: Any) -> None:
         try:
             t = SshTransport(settings, name=name)
             t.open()
-            # the first command starts the connection's kept shell (through the login shell,
-            # which reads ~/.bashrc): have it ready too, and ask it for the home directory (a
-            # workdir under ~ needs it: one round trip less later)
-            r = t.run('printf %s "$HOME"', timeout=t.settings.connect_timeout + 30.0)
-            if r.exit_code == 0 and r.stdout.startswith("/"):
-                _HOME[t] = r.stdout
+            # the kept shell too (started through the login shell, which reads ~/.bashrc); it
+            # reports the home directory (a workdir under ~ needs it: one round trip less later)
+            t.start_shell()
             fut.set_result(t)
         except BaseException as exc:  # noqa: BLE001 - handed to open_nodes
             if t is not None:
@@ -222,17 +218,13 @@ def close_early() -> None:
             pass
 
 
-#: the home directory an early connection's shell reported, by its transport
-_HOME: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-
-
 def _resolve_workdir(ops: HostOps, workdir: str, local: bool) -> str:
     if workdir.startswith("/"):
         return posixpath.normpath(workdir)
     if local and not workdir.startswith("~"):
         return os.path.abspath(workdir)
-    home = _HOME.pop(ops.t, None) or ops.run('printf %s "$HOME"', timeout=30, check=True,
-                                                 what="find the home directory").stdout.strip()
+    home = getattr(ops.t, "home", None) or ops.run('printf %s "$HOME"', timeout=30, check=True,
+                                                    what="find the home directory").stdout.strip()
     rest = workdir[2:] if workdir.startswith("~/") else ("" if workdir == "~" else workdir)
     return posixpath.normpath(posixpath.join(home, rest)) if rest else home
 

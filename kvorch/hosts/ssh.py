@@ -178,6 +178,8 @@ class SshTransport:
         self._sftp: paramiko.SFTPClient | None = None
         self._idle_shells: list[_Shell] = []
         self.connect_time_s: float | None = None
+        #: the login user's home directory, as the first kept shell reported it
+        self.home: str | None = None
 
     def __repr__(self) -> str:
         return f"<SshTransport {self.name} {self.settings.target()}>"
@@ -383,11 +385,22 @@ class SshTransport:
             raise HostUnreachable(f"{self.name}: cannot open an SSH channel: {exc}",
                                   host=self.settings.hostname) from exc
         try:
-            return _Shell.start(chan, self.settings.connect_timeout + 30.0)
+            sh = _Shell.start(chan, self.settings.connect_timeout + 30.0)
         except (paramiko.SSHException, EOFError, OSError, _ShellLost, CommandTimeout) as exc:
             chan.close()
             raise HostUnreachable(f"{self.name}: cannot start a remote shell (bash): {exc}",
                                   host=self.settings.hostname) from exc
+        if self.home is None and sh.home.startswith("/"):
+            self.home = sh.home
+        return sh
+
+    def start_shell(self) -> str | None:
+        """Connect and have a kept shell ready (the host's login shell, ~/.bashrc and all, runs
+        now rather than with the first command); the login user's home directory."""
+        transport = self._ensure_open()
+        with self._channels:
+            self._return_shell(self._take_shell(transport))
+        return self.home
 
     def _return_shell(self, shell: _Shell) -> None:
         with self._lock:
@@ -493,6 +506,8 @@ class _Shell:
         self.chan = chan
         self._out = bytearray()
         self._err = bytearray()
+        #: $HOME as the shell reported it when it started
+        self.home = ""
 
     @classmethod
     def start(cls, chan: paramiko.Channel, timeout: float) -> _Shell:
@@ -500,10 +515,13 @@ class _Shell:
         chan.exec_command("exec bash --noprofile --norc")
         sh = cls(chan)
         mark = "__kvorch_ready_" + uuid.uuid4().hex
-        sh._send(f"printf '%s\\n' {mark}; printf '%s\\n' {mark} >&2\n")
+        # the ready line carries the home directory (a workdir under ~ needs it: no round trip later)
+        sh._send(f"printf '%s %s\\n' {mark} \"$HOME\"; printf '%s\\n' {mark} >&2\n")
         # whatever ~/.bashrc printed comes before the ready mark: dropped
-        line = re.compile(re.escape(f"{mark}\n".encode()))
-        sh._read_until(line, line, timeout, "start a shell", "remote shell")
+        (_, (home,)), _ = sh._read_until(re.compile(re.escape(mark.encode()) + rb" ([^\n]*)\n"),
+                                         re.compile(re.escape(f"{mark}\n".encode())), timeout, "start a shell",
+                                         "remote shell")
+        sh.home = home.decode("utf-8", "replace")
         return sh
 
     def alive(self) -> bool:
