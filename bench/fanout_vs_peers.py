@@ -9,6 +9,9 @@ then, in rounds with the order rotated, runs each of these as a whole new proces
 * ``orchestrate preflight`` (this tool: connect, facts, ports, versions, GPU-compat probe)
 * Fabric ``ThreadingGroup(...).run("true")``       (peer: connect + one bare command per host)
 * parallel-ssh ``ParallelSSHClient(...).run_command("true")`` (peer, libssh2 in C)
+* parallel-ssh running, on each host, the very probe script `status` sends there (``pssh_probe``): the
+  same remote work as `status` minus its client side — the floor for `status` on these hosts, where
+  every host's sshd, login shell and probe share the 2 cores with the client
 
 Goals (issue #18): at 2 hosts status and preflight ≤ 1.2 × the fastest peer; at 16 hosts no slower
 than the peers. Prints medians (min–max), ratios, writes bench/results/fanout_vs_peers.json.
@@ -65,6 +68,51 @@ out = c.run_command("true", stop_on_errors=False)
 c.join(out)
 sys.exit(0 if all(o.exit_code == 0 for o in out) else 1)
 """
+
+
+PSSH_PROBE = r"""
+import json, sys
+cfg = json.loads(sys.argv[1])
+from pssh.clients import ParallelSSHClient
+c = ParallelSSHClient(cfg["hosts"], user=cfg["user"], port=cfg["port"], pkey=cfg["key"], num_retries=1,
+                      pool_size=max(10, len(cfg["hosts"])))
+out = c.run_command("%s", host_args=[(cmd,) for cmd in cfg["probes"]], stop_on_errors=False)
+c.join(out)
+ok = all(o.exit_code == 0 and any(line.startswith("M ") for line in o.stdout) for o in out)
+sys.exit(0 if ok else 1)
+"""
+
+
+def probe_commands(inventory_path: Path) -> list[str]:
+    """Per host of the plan, the command line `orchestrate status` has its kept shell run there (the
+    probe of kvorch.processes.observe, as kvorch.hosts.base.bash_command wraps it)."""
+    from kvorch.hosts.base import RunResult, bash_command
+    from kvorch.hosts.ops import HostOps
+    from kvorch.inventory import load_inventory
+    from kvorch.nodes import Node
+    from kvorch.plan import build_plan
+    from kvorch.processes import observe
+
+    class Capture:  # a transport that records what it is asked to run
+        small_files_via_shell = True
+
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def run(self, command: str, timeout: float | None = None, env: Any = None) -> RunResult:
+            self.sent.append(bash_command(command, env))
+            return RunResult(exit_code=0, stdout="", stderr="")
+
+        def close(self) -> None:
+            pass
+
+    plan = build_plan(load_inventory(str(inventory_path)))
+    out = []
+    for hp in plan.hosts:
+        t = Capture()
+        observe(plan, Node(plan=hp, ops=HostOps(t, workdir=hp.workdir), workdir=hp.workdir), last_lines=True)
+        out.append(t.sent[-1])
+    return out
 
 
 def cpu_model() -> str:
@@ -150,7 +198,7 @@ def peer(script: str, cfg: dict[str, Any]) -> float:
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", script, json.dumps(cfg)], capture_output=True, text=True, timeout=120)
     took = time.perf_counter() - t0
-    CPU.setdefault("fabric" if script is FABRIC else "pssh", []).append(_cpu() - c0)
+    CPU.setdefault({id(FABRIC): "fabric", id(PSSH): "pssh"}.get(id(script), "pssh_probe"), []).append(_cpu() - c0)
     if r.returncode != 0:
         raise RuntimeError(f"peer failed: {r.stderr[-1500:]}")
     return took
@@ -207,12 +255,14 @@ def main() -> int:
                 print(f"{n} hosts: cluster up in {took:.1f} s")
                 cfg = {"hosts": [cluster.host(x).address for x in aliases], "user": cluster.user,
                        "port": cluster.port, "key": str(cluster.client_key)}
+                probe_cfg = {**cfg, "probes": probe_commands(inv)}
                 # warm the OS caches for every contender once (not timed)
                 tool.run("status")
                 peer(FABRIC, cfg)
                 if pssh_ok:
                     peer(PSSH, cfg)
-                kinds = ["status", "preflight", "fabric"] + (["pssh"] if pssh_ok else [])
+                    peer(PSSH_PROBE, probe_cfg)
+                kinds = ["status", "preflight", "fabric"] + (["pssh", "pssh_probe"] if pssh_ok else [])
                 CPU.clear()
                 rows: dict[str, list[float]] = {k: [] for k in kinds}
                 for rnd in range(a.rounds):
@@ -224,8 +274,10 @@ def main() -> int:
                             rows[k].append(tool.run("preflight")[0])
                         elif k == "fabric":
                             rows[k].append(peer(FABRIC, cfg))
-                        else:
+                        elif k == "pssh":
                             rows[k].append(peer(PSSH, cfg))
+                        else:
+                            rows[k].append(peer(PSSH_PROBE, probe_cfg))
                     print(f"  round {rnd}: " + "  ".join(f"{k} {rows[k][-1] * 1000:.0f} ms" for k in kinds), flush=True)
                 cpu_of[n] = {k: list(CPU.get(k, [])[-a.rounds:]) for k in kinds}
                 tool.run("down", "--no-collect", check=False)
@@ -246,6 +298,8 @@ def main() -> int:
         for k in ("status", "preflight"):
             line[f"{k}_over_fastest_peer"] = m[k][0] / fastest
             line[f"{k}_over_slowest_peer"] = m[k][0] / max(peers.values())
+        if "pssh_probe" in m:
+            line["status_over_pssh_probe"] = m["status"][0] / m["pssh_probe"][0]
         limit = 1.2 if n <= 2 else 1.0
         met = all(line[f"{k}_over_fastest_peer"] <= limit for k in ("status", "preflight"))
         line["goal"] = f"<= {limit} x the fastest peer"
@@ -259,6 +313,9 @@ def main() -> int:
         print(f"RATIO {n} hosts: status/fastest peer {line['status_over_fastest_peer']:.2f}, "
               f"preflight/fastest peer {line['preflight_over_fastest_peer']:.2f} (goal {line['goal']}: "
               f"{'MET' if met else 'NOT MET'})")
+        if "status_over_pssh_probe" in line:
+            print(f"RATIO {n} hosts: status / parallel-ssh running status's probe {line['status_over_pssh_probe']:.2f} "
+                  f"(the same remote work: what is left is the client's own)")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "args": vars(a), "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
