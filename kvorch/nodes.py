@@ -225,6 +225,9 @@ def _resolve_workdir(ops: HostOps, workdir: str, local: bool) -> str:
         return os.path.abspath(workdir)
     home = getattr(ops.t, "home", None) or ops.run('printf %s "$HOME"', timeout=30, check=True,
                                                     what="find the home directory").stdout.strip()
+    if not home.startswith("/"):
+        raise UserError(f"host {ops.name}: its login shell has no absolute $HOME ({home!r}), so the workdir {workdir!r} "
+                        f"cannot be resolved", hint="give the host an absolute workdir in the inventory (hosts.<name>.workdir)")
     rest = workdir[2:] if workdir.startswith("~/") else ("" if workdir == "~" else workdir)
     return posixpath.normpath(posixpath.join(home, rest)) if rest else home
 

@@ -170,9 +170,18 @@ def lookup(inventory_path: str, k: str | None = None) -> tuple[KeptInventory, Pl
     return KeptInventory(inv), plan
 
 
-def _holds_secrets(plan: Plan) -> bool:
-    """Whether the plan carries a secret's value (a host's secrets file)."""
-    return any(f.secret for h in plan.hosts for f in h.files) or any(p.secret_env for p in plan.processes())
+def _holds_secrets(plan: Plan, inv: Any = None) -> bool:
+    """Whether the plan carries a secret's value (a host's secrets file), or the inventory does
+    (a secret in the env of a host whose processes never get it — a controller-only host — is in
+    no plan, but it is in the inventory, which is kept too)."""
+    if any(f.secret for h in plan.hosts for f in h.files) or any(p.secret_env for p in plan.processes()):
+        return True
+    is_secret = getattr(inv, "is_secret", None)
+    if is_secret is None:
+        return False
+    envs = [inv.env, *(h.env for h in inv.hosts.values()), *(e.env for e in inv.engines),
+            *(x.env for x in (inv.controller, inv.lmcache_server, inv.proxy) if x is not None)]
+    return any(is_secret(k) and v for env in envs for k, v in env.items())
 
 
 def store(inventory_path: str, inv: Inventory, plan: Plan, k: str | None = None) -> None:
@@ -183,7 +192,9 @@ def store(inventory_path: str, inv: Inventory, plan: Plan, k: str | None = None)
     if k is None or not root.is_dir():
         return
     path = _where(inventory_path)
-    if _holds_secrets(plan):
+    if isinstance(inv, KeptInventory):
+        inv = inv.load()
+    if _holds_secrets(plan, inv):
         # A secret's value may live only in the host's 0600 secrets file, never in the local run
         # state (the fault suite's promise): such a plan is built every time, and an entry kept
         # before the secret was added is removed.

@@ -516,9 +516,10 @@ class _Shell:
         sh = cls(chan)
         mark = "__kvorch_ready_" + uuid.uuid4().hex
         # the ready line carries the home directory (a workdir under ~ needs it: no round trip later)
-        sh._send(f"printf '%s %s\\n' {mark} \"$HOME\"; printf '%s\\n' {mark} >&2\n")
+        # (NUL-terminated: no path holds one, a newline in $HOME cannot shift the next command's output)
+        sh._send(f"printf '%s %s\\0\\n' {mark} \"$HOME\"; printf '%s\\n' {mark} >&2\n")
         # whatever ~/.bashrc printed comes before the ready mark: dropped
-        (_, (home,)), _ = sh._read_until(re.compile(re.escape(mark.encode()) + rb" ([^\n]*)\n"),
+        (_, (home,)), _ = sh._read_until(re.compile(re.escape(mark.encode()) + rb" ([^\0]*)\0\n"),
                                          re.compile(re.escape(f"{mark}\n".encode())), timeout, "start a shell",
                                          "remote shell")
         sh.home = home.decode("utf-8", "replace")

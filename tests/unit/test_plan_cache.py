@@ -196,3 +196,31 @@ def test_preflight_with_a_kept_plan_loads_the_kept_inventory(tmp_path):
         return [(c["host"], c["name"], c["status"]) for c in json.loads(r.out)["checks"]]
     assert first.code == second.code and verdicts(first) == verdicts(second)
     assert ("*", "PYTHONHASHSEED", "ok") in verdicts(second)
+
+
+def test_a_secret_only_the_inventory_holds_is_never_kept(tmp_path, monkeypatch):
+    # a token in the env of a host that runs only the controller: no process gets it (the plan holds
+    # no secret), but the kept inventory would
+    from kvorch.inventory import load_inventory
+    from kvorch.plan import build_plan
+
+    monkeypatch.setenv("ORCHESTRATE_STATE", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    token = "hf_ONLYinTHEinventory_91b2"
+
+    def m(d, secret: bool):
+        give_free_ports(d)
+        d["hosts"]["ctl"] = {"address": "127.0.0.2", "connector": "local", "workdir": str(tmp_path / "ctl"),
+                             "env": {"CTL_TOKEN": token} if secret else {}}
+        d["controller"]["host"] = "ctl"
+    path = write_inventory(tmp_path / "inv.yaml", "inventories/local.yaml", lambda d: m(d, False))
+    inv = load_inventory(path)
+    plan_cache.store(str(path), inv, build_plan(inv))
+    assert list((tmp_path / "state" / "plans").iterdir())  # kept while no secret is in it
+    write_inventory(path, "inventories/local.yaml", lambda d: m(d, True))
+    inv = load_inventory(path)
+    plan = build_plan(inv)
+    assert not plan_cache._holds_secrets(plan)  # (the plan alone would have been kept)
+    plan_cache.store(str(path), inv, plan)
+    assert list((tmp_path / "state" / "plans").iterdir()) == []  # the older entry removed too
+    assert not any(token.encode() in f.read_bytes() for f in (tmp_path / "state").rglob("*") if f.is_file())
