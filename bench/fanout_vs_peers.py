@@ -78,8 +78,13 @@ c = ParallelSSHClient(cfg["hosts"], user=cfg["user"], port=cfg["port"], pkey=cfg
                       pool_size=max(10, len(cfg["hosts"])))
 out = c.run_command("%s", host_args=[(cmd,) for cmd in cfg["probes"]], stop_on_errors=False)
 c.join(out)
-ok = all(o.exit_code == 0 and any(line.startswith("M ") for line in o.stdout) for o in out)
-sys.exit(0 if ok else 1)
+bad = []
+for o in out:
+    lines = list(o.stdout)
+    if o.exit_code != 0 or not any(line.startswith("M ") for line in lines):
+        bad.append(f"{o.host}: exit {o.exit_code}, {len(lines)} lines: {lines[:3]} {list(o.stderr)[:3]}")
+print("\n".join(bad), file=sys.stderr)
+sys.exit(1 if bad else 0)
 """
 
 
