@@ -29,7 +29,7 @@ from typing import Iterable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, Field
 
-from .base import CommandError, RunResult, Transport
+from .base import CommandError, RunResult, Transport, env_prefix
 
 ProcState = Literal["running", "zombie", "dead"]
 
@@ -284,6 +284,29 @@ def _parse_marked(out: str, markers: Mapping[str, str], ports: Iterable[int] = (
             for port in listening.get(pid, ()):
                 mp.listeners.setdefault(port, []).append(pid)
     return res
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """One process for :meth:`HostOps.write_and_start` (the arguments of :meth:`HostOps.start_detached`)."""
+
+    name: str
+    script: str
+    log_path: str
+    pid_path: str
+    cwd: str | None = None
+    env: Mapping[str, str] | None = None
+
+
+class MissingOnHost(Exception):
+    """:meth:`HostOps.write_and_start`: the path it requires is not on the host (nothing was done)."""
+
+    def __init__(self, host: str, path: str):
+        super().__init__(f"{host}: {path} is missing")
+        self.host, self.path = host, path
+
+
+_MISSING_MARK = "__kvorch_missing__"
 
 
 @dataclass
@@ -637,6 +660,18 @@ class HostOps:
         stdin closed), write its PID (= PGID) to ``pid_path``, return it. Relative paths are
         relative to ``cwd`` (default: workdir). The script's exit status goes to ``exit_path``
         (default: pid_path with ``.exit`` instead of ``.pid``)."""
+        lines = self._start_lines(script, log_path, pid_path, cwd, exit_path)
+        lines.append('echo "$pid"')
+        res = self.run("\n".join(lines), env=env, check=True, what=f"start {script}")
+        last = res.stdout.strip().splitlines()[-1:] or [""]
+        if not last[0].isdigit():
+            raise CommandError("start_detached", res, host=self.name, what=f"start {script} (no pid)")
+        return int(last[0])
+
+    def _start_lines(self, script: str, log_path: str, pid_path: str, cwd: str | None = None,
+                     exit_path: str | None = None) -> list[str]:
+        """The bash lines of :meth:`start_detached` up to ``$pid`` being set and the pidfile written
+        (exit 97: a directory or the pidfile cannot be made, 98: no such script)."""
         cwd = cwd or self.workdir
         if exit_path is None:
             exit_path = (pid_path[:-4] if pid_path.endswith(".pid") else pid_path) + ".exit"
@@ -657,15 +692,68 @@ class HostOps:
         # return only once the child has made its own process group (or already exited):
         # a stop right after start_detached must find the whole group
         lines.append(
-            'for _ in $(seq 300); do read -r l 2>/dev/null < /proc/$pid/stat || break; r=${l##*) }; '
+            'for _ in {1..300}; do read -r l 2>/dev/null < /proc/$pid/stat || break; r=${l##*) }; '
             'set -- $r; [ "$3" = "$pid" ] && break; [ "$1" = Z ] && break; sleep 0.01; done')
         lines.append(f"echo \"$pid\" > {qpath(pid_path)} || exit 97")
-        lines.append('echo "$pid"')
-        res = self.run("\n".join(lines), env=env, check=True, what=f"start {script}")
-        last = res.stdout.strip().splitlines()[-1:] or [""]
-        if not last[0].isdigit():
-            raise CommandError("start_detached", res, host=self.name, what=f"start {script} (no pid)")
-        return int(last[0])
+        return lines
+
+    def write_and_start(self, files: Iterable[tuple[str, str | bytes, int]], dirs: Sequence[str] = (),
+                        starts: Sequence[StartRequest] = (), *, require: str | None = None) -> dict[str, int]:
+        """:meth:`write_files`, then :meth:`start_detached` for each of ``starts`` — over SSH in one
+        round trip when the files may go through the kept shell (small and none private), else
+        the same steps one after the other. ``require``: a path that must exist first (the
+        bundle's marker); when it does not, nothing is written or started and
+        :class:`MissingOnHost` is raised. Returns ``{name: pid}`` of the started processes; a
+        failed write starts nothing, a failed start stops the starts after it (those before it
+        run: the caller stops them by marker)."""
+        files = list(files)
+        checked = False
+        if self.small_via_shell:
+            private = [f for f in files if not f[2] & 0o077]
+            if private:  # secrets never go on a command line: SFTP first (write_files)
+                if require is not None and not self.exists(require):
+                    raise MissingOnHost(self.name, require)
+                checked = True
+                self.write_files(private)
+                files = [f for f in files if f[2] & 0o077]
+        blobs = [(self.path(p), c.encode() if isinstance(c, str) else c, m) for p, c, m in files]
+        parents = sorted(({posixpath.dirname(p) for p, _, _ in blobs} | {self.path(d) for d in dirs}) - {""})
+        script = None
+        fits = self.small_via_shell and sum(len(b) for _, b, _ in blobs) <= SHELL_WRITE_MAX
+        if fits and blobs:
+            script = _write_files_script(parents, blobs)
+            fits = len(script.encode()) <= _SHELL_SCRIPT_MAX
+        if not fits:
+            # the general way: each step its own command (local hosts: direct writes)
+            if require is not None and not checked and not self.exists(require):
+                raise MissingOnHost(self.name, require)
+            self.write_files(files, dirs)
+            return {r.name: self.start_detached(r.script, r.log_path, r.pid_path, r.cwd, env=r.env) for r in starts}
+        lines = []
+        if require is not None:
+            lines.append(f"[ -e {qpath(self.path(require))} ] || {{ echo {q(_MISSING_MARK)}; exit 0; }}")
+        if script is not None:
+            # (not `( … ) || exit`: set -e does not act inside the left side of ||)
+            lines.append("( " + script + ")")
+            lines.append("[ $? -eq 0 ] || exit 96")
+        elif parents:
+            lines.append("mkdir -p -- " + " ".join(qpath(d) for d in parents) + " || exit 96")
+        for r in starts:
+            body = self._start_lines(r.script, r.log_path, r.pid_path, r.cwd)
+            lines.append("( " + env_prefix(r.env) + "\n".join(body) + f'\necho {q("PID " + r.name)} "$pid" ) || exit $?')
+        res = self.run("\n".join(lines) + "\n", check=True,
+                       what="write files" + (" and start " + ", ".join(r.name for r in starts) if starts else ""))
+        if res.stdout.strip() == _MISSING_MARK:
+            raise MissingOnHost(self.name, require or "")
+        pids: dict[str, int] = {}
+        for line in res.stdout.splitlines():
+            parts = line.rsplit(" ", 1)
+            if len(parts) == 2 and parts[0].startswith("PID ") and parts[1].isdigit():
+                pids[parts[0][4:]] = int(parts[1])
+        missing = [r.name for r in starts if r.name not in pids]
+        if missing:
+            raise CommandError("write_and_start", res, host=self.name, what=f"start {', '.join(missing)} (no pid)")
+        return pids
 
     def process_state(self, pid: int, pgid: int | None = None) -> ProcState:
         """``running``, ``zombie`` (exited, not yet reaped: dead for every purpose) or ``dead``.
