@@ -16,7 +16,7 @@ from . import interrupts
 from .errors import Interrupted, PreflightFailed, StartFailed, UserError
 from .nodes import Node, close_all, open_nodes
 from .plan import Plan, ProcessSpec
-from .processes import (MARKER, expected_members, http_health, leftovers, marker_value, not_running, observe, start_process,
+from .processes import (MARKER, expected_members, http_health, leftovers, marker_value, not_running, observe,
                         stop_all)
 from .results import DownResult, LogsResult, StatusResult, UpResult
 from .runstate import (ProcessState, HostState, RunState, clear_state, cluster_lock, load_state, new_run_id, now,
@@ -127,7 +127,8 @@ def _poll_interval(elapsed: float) -> float:
 
 
 def _wait_healthy(ev: Events, plan: Plan, nodes: dict[str, Node], procs: list[ProcessSpec], pids: dict[str, int],
-                  timeout: float, *, members: bool = False) -> tuple[dict[str, str], dict[str, list[int]]]:
+                  timeout: float, *, members: bool = False,
+                  check_alive: bool = True) -> tuple[dict[str, str], dict[str, list[int]]]:
     """Wait until every process answers its health URL. Returns (failures: name → reason, and
     with ``members`` every planned process's live pids once these are healthy).
 
@@ -160,12 +161,14 @@ def _wait_healthy(ev: Events, plan: Plan, nodes: dict[str, Node], procs: list[Pr
     # Healthy, and still alive: a process that died right away (e.g. could not bind its port while
     # something else listening there answered the health check) is caught here, one round trip
     # per host. (One that dies later is `status`'s to find.) With ``members`` that round trip is
-    # the probe that also reads what each process is made of.
+    # the probe that also reads what each process is made of; without ``check_alive`` the caller
+    # asks (`up`: in the command that starts the next stage).
     healthy = [p for p in procs if p.name not in failures]
     found: dict[str, list[int]] = {}
+    dead: dict[str, str] = {}
     if members:
-        dead, found = _alive_and_members(plan, nodes, healthy, pids)
-    else:
+        dead, found = _alive_and_members(plan, nodes, healthy if check_alive else [], pids)
+    elif check_alive:
         dead = not_running(nodes, healthy, pids)
     for name, st in dead.items():
         failures[name] = (f"exited ({st}) although {plan.process(name).health_url} answers: "
@@ -202,6 +205,40 @@ def _alive_and_members(plan: Plan, nodes: dict[str, Node], procs: list[ProcessSp
             if leader_ok and mp.members:
                 members[name] = list(mp.members)
     return dead, members
+
+
+def _start_wave(plan: Plan, nodes: dict[str, Node], state: RunState, todo: list[ProcessSpec], prev: list[ProcessSpec],
+                pids: dict[str, int], started: list[ProcessSpec]) -> None:
+    """Start a stage's processes once the one before is healthy: one command per host, which
+    first checks that the previous stage's processes there still run (one that died right after
+    answering its health URL: another process serves that port) and then starts this stage's."""
+    from .hosts.ops import NotRunning, StartRequest
+    from .hosts.parallel import run_parallel
+
+    hosts = sorted({p.host for p in todo} | {p.host for p in prev})
+
+    def on_host(h: str) -> dict[str, int]:
+        node = nodes[h]
+        reqs = [StartRequest(p.name, node.path(p.launch_script), node.path(p.log_path), node.path(p.pid_path),
+                             node.workdir, {MARKER: marker_value(plan, p)}) for p in todo if p.host == h]
+        return node.ops.write_and_start([], (), reqs, alive=[pids[p.name] for p in prev if p.host == h])
+
+    res = run_parallel({h: h for h in hosts}, on_host)
+    error: _StartFailed | None = None
+    for h in hosts:
+        r = res[h]
+        if isinstance(r, NotRunning):
+            dead = next(p for p in prev if p.host == h and pids[p.name] in r.states)
+            error = error or _StartFailed(dead, f"exited ({r.states[pids[dead.name]]}) although {dead.health_url} "
+                                                f"answers: another process serves that port")
+        elif isinstance(r, BaseException):
+            error = error or _StartFailed(next(p for p in todo if p.host == h), f"could not start: {r}")
+        else:
+            for p in todo:
+                if p.host == h:
+                    _record_start(state, nodes, p, r[p.name], pids, started)  # type: ignore[index]
+    if error is not None:
+        raise error
 
 
 def up(c: Session, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) -> UpResult:
@@ -315,21 +352,17 @@ def up(c: Session, plan: Plan, *, timeout: float = 600.0, preflight: bool = True
                 tp = phase("upload", tp)
                 if step_error is not None:
                     raise step_error
-                for i, stage in enumerate(stages):
-                    todo = [p for p in stage if p.name not in running]
-                    if not todo:
-                        continue
-                    if i > 0:
-                        res = run_parallel({p.name: p for p in todo}, lambda p: start_process(nodes[p.host], plan, p))
-                        for p in todo:
-                            r = res[p.name]
-                            if isinstance(r, BaseException):
-                                raise _StartFailed(p, f"could not start: {r}")
-                            _record_start(state, nodes, p, r, pids, started)  # type: ignore[arg-type]
+                waves = [(i, todo) for i, todo in ((i, [p for p in stage if p.name not in running])
+                                                   for i, stage in enumerate(stages)) if todo]
+                prev: list[ProcessSpec] = []  # healthy; whether still alive is asked with the next starts
+                for k, (i, todo) in enumerate(waves):
+                    if i > 0:  # (the first stage was started by _provision)
+                        _start_wave(plan, nodes, state, todo, prev, pids, started)
                     save_state(state)
                     tp = phase("start", tp)
-                    last = i == len(stages) - 1
-                    failures, members = _wait_healthy(ev, plan, nodes, todo, pids, timeout, members=last)
+                    last = k == len(waves) - 1
+                    failures, members = _wait_healthy(ev, plan, nodes, todo, pids, timeout, members=last,
+                                                      check_alive=last)
                     members_read = members_read or last
                     tp = phase("wait_healthy", tp)
                     if failures:
@@ -342,6 +375,7 @@ def up(c: Session, plan: Plan, *, timeout: float = 600.0, preflight: bool = True
                             state.processes[name].members = m
                     if interrupts.requested():  # noted, but swallowed where it was raised
                         raise KeyboardInterrupt
+                    prev = todo
             except (_StartFailed, _HostStepFailed, KeyboardInterrupt) as e:
                 interrupted = isinstance(e, KeyboardInterrupt)
                 tail = ""

@@ -306,6 +306,14 @@ class MissingOnHost(Exception):
         self.host, self.path = host, path
 
 
+class NotRunning(Exception):
+    """:meth:`HostOps.write_and_start`: a pid it was to find running is not (nothing was done)."""
+
+    def __init__(self, host: str, states: dict[int, str]):
+        super().__init__(f"{host}: not running: {states}")
+        self.host, self.states = host, states
+
+
 _MISSING_MARK = "__kvorch_missing__"
 
 
@@ -721,15 +729,19 @@ class HostOps:
         return lines
 
     def write_and_start(self, files: Iterable[tuple[str, str | bytes, int]], dirs: Sequence[str] = (),
-                        starts: Sequence[StartRequest] = (), *, require: str | None = None) -> dict[str, int]:
+                        starts: Sequence[StartRequest] = (), *, require: str | None = None,
+                        alive: Sequence[int] = ()) -> dict[str, int]:
         """:meth:`write_files`, then :meth:`start_detached` for each of ``starts`` — over SSH in one
         round trip when the files may go through the kept shell (small and none private), else
         the same steps one after the other. ``require``: a path that must exist first (the
         bundle's marker); when it does not, nothing is written or started and
         :class:`MissingOnHost` is raised. Returns ``{name: pid}`` of the started processes; a
         failed write starts nothing, a failed start stops the starts after it (those before it
-        run: the caller stops them by marker)."""
+        run: the caller stops them by marker). ``alive``: pids that must still be running first
+        (the previous stage's processes on this host); when one is not (exited, a zombie), nothing
+        is done and :class:`NotRunning` is raised."""
         files = list(files)
+        alive = [_pid(p) for p in alive]
         checked = False
         if self.small_via_shell:
             private = [f for f in files if not f[2] & 0o077]
@@ -750,11 +762,21 @@ class HostOps:
             # the general way: each step its own command (local hosts: direct writes)
             if require is not None and not checked and not self.exists(require):
                 raise MissingOnHost(self.name, require)
+            dead = {p: st for p, st in self.process_states(alive).items() if st != "running"}
+            if dead:
+                raise NotRunning(self.name, dead)
             self.write_files(files, dirs)
             return {r.name: self.start_detached(r.script, r.log_path, r.pid_path, r.cwd, env=r.env) for r in starts}
         lines = []
         if require is not None:
             lines.append(f"[ -e {qpath(self.path(require))} ] || {{ echo {q(_MISSING_MARK)}; exit 0; }}")
+        if alive:  # as process_states: no stat → dead; Z/X or an empty cmdline → zombie (no fork)
+            lines.append(
+                f"_kv_dead=; for p in {' '.join(map(str, alive))}; do l=; read -r l 2>/dev/null < /proc/$p/stat; "
+                "if [ -z \"$l\" ]; then echo \"DEAD $p dead\"; _kv_dead=1; continue; fi; r=${l##*) }; set -- $r; "
+                "c=; IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$p/cmdline; "
+                "case \"$1\" in Z|X|x) c=;; esac; "
+                "[ -n \"$c\" ] || { echo \"DEAD $p zombie\"; _kv_dead=1; }; done; [ -z \"$_kv_dead\" ] || exit 0")
         if script is not None:
             # (not `( … ) || exit`: set -e does not act inside the left side of ||)
             lines.append("( " + script + ")")
@@ -768,6 +790,9 @@ class HostOps:
                        what="write files" + (" and start " + ", ".join(r.name for r in starts) if starts else ""))
         if res.stdout.strip() == _MISSING_MARK:
             raise MissingOnHost(self.name, require or "")
+        dead_lines = [ln.split() for ln in res.stdout.splitlines() if ln.startswith("DEAD ")]
+        if dead_lines:
+            raise NotRunning(self.name, {int(d[1]): d[2] for d in dead_lines if len(d) == 3 and d[1].isdigit()})
         pids: dict[str, int] = {}
         for line in res.stdout.splitlines():
             parts = line.rsplit(" ", 1)

@@ -535,3 +535,27 @@ def test_write_files_gives_each_file_its_mode_exactly(any_ops, tmp_path, mode):
     for name in ("text", "bin"):
         assert stat.S_IMODE((tmp_path / "work" / "m" / name).stat().st_mode) == mode
     assert (tmp_path / "work" / "m" / "bin").read_bytes() == b"\x00\xff\xfe"
+
+
+def test_write_and_start_starts_nothing_when_a_process_it_must_find_running_has_exited(any_ops, tmp_path):
+    from kvorch.hosts.ops import NotRunning, StartRequest
+
+    any_ops.write_file("run/gone.sh", "exit 0\n")
+    gone = any_ops.start_detached("run/gone.sh", "logs/gone.log", "run/gone.pid")
+    assert _wait(lambda: any_ops.process_state(gone) != "running")
+    any_ops.write_file("run/live.sh", "exec sleep 30\n")
+    live_env, live_marker = _marked("live")
+    live = any_ops.start_detached("run/live.sh", "logs/live.log", "run/live.pid", env=live_env)
+    env, marker = _marked("next")
+    work = tmp_path / "work"
+    req = StartRequest("next", str(work / "run/live.sh"), str(work / "logs/n.log"), str(work / "run/n.pid"), str(work), env)
+    try:
+        with pytest.raises(NotRunning) as e:
+            any_ops.write_and_start([], (), [req], alive=[live, gone])
+        assert set(e.value.states) == {gone} and e.value.states[gone] in ("dead", "zombie")
+        assert _marked_procs(marker) == [] and not (work / "run/n.pid").exists()
+        pids = any_ops.write_and_start([], (), [req], alive=[live])  # all running: started
+        assert pids["next"] in _marked_procs(marker)
+    finally:
+        any_ops.stop_marked(marker, 2)
+        any_ops.stop_marked(live_marker, 2)
