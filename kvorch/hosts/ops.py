@@ -786,8 +786,9 @@ class HostOps:
         for r in starts:
             body = self._start_lines(r.script, r.log_path, r.pid_path, r.cwd)
             lines.append("( " + env_prefix(r.env) + "\n".join(body) + f'\necho {q("PID " + r.name)} "$pid" ) || exit $?')
-        res = self.run("\n".join(lines) + "\n", check=True,
-                       what="write files" + (" and start " + ", ".join(r.name for r in starts) if starts else ""))
+        what = [w for w in ("write files" if blobs or parents else "",
+                            "start " + ", ".join(r.name for r in starts) if starts else "") if w]
+        res = self.run("\n".join(lines) + "\n", check=True, what=" and ".join(what) or "check processes")
         if res.stdout.strip() == _MISSING_MARK:
             raise MissingOnHost(self.name, require or "")
         dead_lines = [ln.split() for ln in res.stdout.splitlines() if ln.startswith("DEAD ")]
