@@ -1,8 +1,10 @@
 """The cluster's lifecycle: a plan executed on its hosts. up, status, logs, down.
 
-Order of ``up``: lock → connect (parallel) → what already runs → preflight → upload → for each
-stage (controller/LMCache server, then engines): start detached in parallel, wait for health
-(events) → state file. A failure raises :class:`~kvorch.errors.StartFailed` with the failing
+Order of ``up``: lock → connect (parallel) → what already runs → preflight → per host, one command:
+the bundle check, the files and the first stage's starts (the bundle shipped first where missing) →
+state file → wait for health (events) → per host, one command: the stage before still runs, then
+this stage's starts (engines) → state file → … → the last stage's health check also reads each
+process's members → state file. A failure raises :class:`~kvorch.errors.StartFailed` with the failing
 process's log tail, after stopping what this ``up`` started. Nothing here prints: results are
 returned, progress goes to the session's :class:`~kvorch.events.Events`.
 """
@@ -30,6 +32,12 @@ if TYPE_CHECKING:
 
 # ------------------------------------------------------------------------------------------------
 # up
+
+
+def _upload(node: Node, plan: Plan) -> dict[str, str]:
+    """Write the host's planned files (and run/, logs/); path → sha256 (sweep's changed files)."""
+    node.ops.write_files([(f.path, f.content, f.mode) for f in node.plan.files], dirs=("run", "logs"))
+    return {f.path: f.sha256 for f in node.plan.files}
 
 
 class _Provisioned(NamedTuple):
