@@ -165,7 +165,9 @@ def cpu_model() -> str:
 
 def write_results(out: Path, load0: float) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    out.write_text(json.dumps({"tree": {"root": str(ROOT), "commit": rev or None},
+                               "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
                                            "load_avg_start": load0, "load_avg_end": os.getloadavg()[0]},
                                "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "rounds": ROUNDS, "results": RESULTS},
                               indent=2))

@@ -202,15 +202,16 @@ class Shipped:
     seconds: float
 
 
-def ensure(node: Node, bundle: Bundle | None = None) -> Shipped:
+def ensure(node: Node, bundle: Bundle | None = None, *, known_missing: bool = False) -> Shipped:
     """Make the bundle present in the node's workdir: one ``test -f`` when it is there already,
-    else upload the zip and unpack it with the host's interpreter."""
+    else upload the zip and unpack it with the host's interpreter. ``known_missing``: the caller
+    has just seen it missing (no ``test -f``; `up` checks in the command that writes the files)."""
     from .hosts.ops import q, qpath
 
     b = bundle or local_bundle()
     t0 = time.monotonic()
     dest = node.path(b.dir)
-    if node.ops.run(f"test -f {qpath(dest + '/' + MARKER)}").ok:
+    if not known_missing and node.ops.run(f"test -f {qpath(dest + '/' + MARKER)}").ok:
         return Shipped(node.name, b.sha256, False, 0, time.monotonic() - t0)
     data = b.zip_bytes()
     zpath = f"{BUNDLE_ROOT}/.{b.sha256}.zip"

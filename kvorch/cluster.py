@@ -1,8 +1,10 @@
 """The cluster's lifecycle: a plan executed on its hosts. up, status, logs, down.
 
-Order of ``up``: lock → connect (parallel) → what already runs → preflight → upload → for each
-stage (controller/LMCache server, then engines): start detached in parallel, wait for health
-(events) → state file. A failure raises :class:`~kvorch.errors.StartFailed` with the failing
+Order of ``up``: lock → connect (parallel) → what already runs → preflight → per host, one command:
+the bundle check, the files and the first stage's starts (the bundle shipped first where missing) →
+state file → wait for health (events) → per host, one command: the stage before still runs, then
+this stage's starts (engines) → state file → … → the last stage's health check also reads each
+process's members → state file. A failure raises :class:`~kvorch.errors.StartFailed` with the failing
 process's log tail, after stopping what this ``up`` started. Nothing here prints: results are
 returned, progress goes to the session's :class:`~kvorch.events.Events`.
 """
@@ -16,7 +18,8 @@ from . import interrupts
 from .errors import Interrupted, PreflightFailed, StartFailed, UserError
 from .nodes import Node, close_all, open_nodes
 from .plan import Plan, ProcessSpec
-from .processes import expected_members, http_health, leftovers, not_running, observe, start_process, stop_all
+from .processes import (MARKER, expected_members, http_health, leftovers, marker_value, not_running, observe,
+                        stop_all)
 from .results import DownResult, LogsResult, StatusResult, UpResult
 from .runstate import (ProcessState, HostState, RunState, clear_state, cluster_lock, load_state, new_run_id, now,
                        save_state)
@@ -32,8 +35,65 @@ if TYPE_CHECKING:
 
 
 def _upload(node: Node, plan: Plan) -> dict[str, str]:
+    """Write the host's planned files (and run/, logs/); path → sha256 (sweep's changed files)."""
     node.ops.write_files([(f.path, f.content, f.mode) for f in node.plan.files], dirs=("run", "logs"))
     return {f.path: f.sha256 for f in node.plan.files}
+
+
+class _Provisioned(NamedTuple):
+    files: dict[str, str]  # path → sha256 of what was written
+    pids: dict[str, int]  # the first stage's processes started on this host
+    shipped: Any  # bundle.Shipped, or None when the host runs nothing of this tool
+
+
+class _HostStepFailed(Exception):
+    """A host could not get its files or bundle: the UserError to raise once what this `up`
+    started elsewhere is stopped."""
+
+    def __init__(self, error: UserError):
+        super().__init__(error.message)
+        self.error = error
+
+
+def _provision(node: Node, plan: Plan, starts: list[ProcessSpec], *, bundle_ready: bool) -> _Provisioned:
+    """One host, as soon as its connection is ready: its files written and the first stage's
+    processes on it started — over SSH one round trip when the host has this tool's bundle
+    already (checked in the same command); when it has not, the bundle is shipped first and the
+    command sent again. ``bundle_ready``: shipped already (hosts with prepare commands)."""
+    from . import bundle
+    from .hosts.base import CommandError
+    from .hosts.ops import MissingOnHost, StartRequest
+
+    files = [(f.path, f.content, f.mode) for f in node.plan.files]
+    reqs = [StartRequest(p.name, node.path(p.launch_script), node.path(p.log_path), node.path(p.pid_path),
+                         node.workdir, {MARKER: marker_value(plan, p)}) for p in starts]
+    sha = node.plan.bundle
+    require = f"{bundle.BUNDLE_ROOT}/{sha}/{bundle.MARKER}" if sha and not bundle_ready else None
+    shipped = bundle.Shipped(node.name, sha, False, 0, 0.0) if sha else None
+
+    def write_and_start(require: str | None) -> dict[str, int]:
+        try:
+            return node.ops.write_and_start(files, ("run", "logs"), reqs, require=require)
+        except CommandError as e:
+            if e.result.exit_code == 96 or not reqs:
+                raise _HostStepFailed(UserError(f"host {node.name}: upload failed: {e}")) from None
+            raise _StartFailed(reqs_spec(e), f"could not start: {e}") from None
+
+    def reqs_spec(e: CommandError) -> ProcessSpec:
+        started = {ln.split(" ")[1] for ln in e.result.stdout.splitlines() if ln.startswith("PID ")}
+        return next((p for p in starts if p.name not in started), starts[0])
+
+    try:
+        pids = write_and_start(require)
+    except MissingOnHost:
+        try:
+            shipped = bundle.ensure(node, known_missing=True)
+        except Exception as e:  # noqa: BLE001 - reported per host with what to check
+            raise _HostStepFailed(UserError(
+                f"host {node.name}: shipping orchestrate's bundle failed: {e}",
+                hint=f"check that {node.plan.python} runs there and {node.workdir} is writable")) from None
+        pids = write_and_start(None)
+    return _Provisioned({f.path: f.sha256 for f in node.plan.files}, pids, shipped)
 
 
 def _ship_bundles(nodes: dict[str, Node]) -> dict[str, Any]:
@@ -58,12 +118,30 @@ def _prepare(node: Node) -> None:
                      what=cmd[2] if len(cmd) > 2 else cmd[0])
 
 
-def _wait_healthy(ev: Events, plan: Plan, nodes: dict[str, Node], procs: list[ProcessSpec], pids: dict[str, int],
-                  timeout: float) -> dict[str, str]:
-    """Wait until every process answers its health URL. Returns failures: name → reason.
+def _record_start(state: RunState, nodes: dict[str, Node], p: ProcessSpec, pid: int, pids: dict[str, int],
+                  started: list[ProcessSpec]) -> None:
+    pids[p.name] = pid
+    started.append(p)
+    state.processes[p.name] = ProcessState(
+        name=p.name, host=p.host, pid=pid, started_at=now(), ports=p.ports,
+        log_path=nodes[p.host].path(p.log_path), health_url=p.health_url,
+        script_sha256=next(f.sha256 for f in nodes[p.host].plan.files if f.path == p.launch_script))
 
-    Health is polled every 20 ms at first (the sim is up in well under a second), backing off to
-    0.5 s; whether the processes are still alive is asked of their hosts once a second."""
+
+#: health polls: every 5 ms for the first 2 s (the sim answers in a few hundred ms), then 20 ms,
+#: 0.1 s after 5 s, 0.5 s after 30 s
+def _poll_interval(elapsed: float) -> float:
+    return 0.005 if elapsed < 2 else 0.02 if elapsed < 5 else 0.1 if elapsed < 30 else 0.5
+
+
+def _wait_healthy(ev: Events, plan: Plan, nodes: dict[str, Node], procs: list[ProcessSpec], pids: dict[str, int],
+                  timeout: float, *, members: bool = False,
+                  check_alive: bool = True) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """Wait until every process answers its health URL. Returns (failures: name → reason, and
+    with ``members`` every planned process's live pids once these are healthy).
+
+    Health is polled every 5 ms at first (see :func:`_poll_interval`); whether the processes are
+    still alive is asked of their hosts once a second."""
     pending = {p.name: p for p in procs}
     failures: dict[str, str] = {}
     t0 = time.monotonic()
@@ -83,20 +161,92 @@ def _wait_healthy(ev: Events, plan: Plan, nodes: dict[str, Node], procs: list[Pr
                     del pending[name]
                 next_alive_check = time.monotonic() + 1.0
             if pending:
-                elapsed = time.monotonic() - t0
-                time.sleep(0.02 if elapsed < 5 else 0.1 if elapsed < 30 else 0.5)
+                time.sleep(_poll_interval(time.monotonic() - t0))
     finally:
         ev.waiting_done()
     for name in pending:
         failures[name] = f"not healthy after {timeout:.0f} s ({pending[name].health_url})"
     # Healthy, and still alive: a process that died right away (e.g. could not bind its port while
     # something else listening there answered the health check) is caught here, one round trip
-    # per host. (One that dies later is `status`'s to find.)
+    # per host. (One that dies later is `status`'s to find.) With ``members`` that round trip is
+    # the probe that also reads what each process is made of; without ``check_alive`` the caller
+    # asks (`up`: in the command that starts the next stage).
     healthy = [p for p in procs if p.name not in failures]
-    for name, st in not_running(nodes, healthy, pids).items():
+    found: dict[str, list[int]] = {}
+    dead: dict[str, str] = {}
+    if members:
+        dead, found = _alive_and_members(plan, nodes, healthy if check_alive else [], pids)
+    elif check_alive:
+        dead = not_running(nodes, healthy, pids)
+    for name, st in dead.items():
         failures[name] = (f"exited ({st}) although {plan.process(name).health_url} answers: "
                           f"another process serves that port")
-    return failures
+    return failures, found
+
+
+def _alive_and_members(plan: Plan, nodes: dict[str, Node], procs: list[ProcessSpec],
+                       pids: dict[str, int]) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """One probe per host (by marker, no sockets): of ``procs``, those whose group leader is not
+    running (name → state, as :func:`~kvorch.processes.not_running`), and for every planned
+    process whose leader runs, its live pids (what the run state records as its members)."""
+    from .hosts.base import HostUnreachable
+    from .hosts.parallel import run_parallel
+    from .processes import marker_line
+
+    def probe(node: Node) -> dict[str, Any]:
+        ps = node.plan.processes
+        return node.ops.probe_marked({p.name: marker_line(plan, p) for p in ps}, {p.name: p.pid_path for p in ps})
+
+    wanted = {p.name for p in procs}
+    dead: dict[str, str] = {}
+    members: dict[str, list[int]] = {}
+    for host, raw in run_parallel(nodes, probe).items():
+        if isinstance(raw, BaseException):
+            for p in nodes[host].plan.processes:
+                if p.name in wanted and isinstance(raw, HostUnreachable):
+                    dead[p.name] = f"host {host} lost: {raw}"
+            continue
+        for name, mp in raw.items():
+            leader_ok = mp.leader_state == "running" and (name not in pids or mp.leader_pid == pids[name])
+            if name in wanted and not leader_ok:
+                dead[name] = mp.leader_state if mp.leader_pid == pids.get(name) else f"pidfile now names {mp.leader_pid}"
+            if leader_ok and mp.members:
+                members[name] = list(mp.members)
+    return dead, members
+
+
+def _start_wave(plan: Plan, nodes: dict[str, Node], state: RunState, todo: list[ProcessSpec], prev: list[ProcessSpec],
+                pids: dict[str, int], started: list[ProcessSpec]) -> None:
+    """Start a stage's processes once the one before is healthy: one command per host, which
+    first checks that the previous stage's processes there still run (one that died right after
+    answering its health URL: another process serves that port) and then starts this stage's."""
+    from .hosts.ops import NotRunning, StartRequest
+    from .hosts.parallel import run_parallel
+
+    hosts = sorted({p.host for p in todo} | {p.host for p in prev})
+
+    def on_host(h: str) -> dict[str, int]:
+        node = nodes[h]
+        reqs = [StartRequest(p.name, node.path(p.launch_script), node.path(p.log_path), node.path(p.pid_path),
+                             node.workdir, {MARKER: marker_value(plan, p)}) for p in todo if p.host == h]
+        return node.ops.write_and_start([], (), reqs, alive=[pids[p.name] for p in prev if p.host == h])
+
+    res = run_parallel({h: h for h in hosts}, on_host)
+    error: _StartFailed | None = None
+    for h in hosts:
+        r = res[h]
+        if isinstance(r, NotRunning):
+            dead = next(p for p in prev if p.host == h and pids[p.name] in r.states)
+            error = error or _StartFailed(dead, f"exited ({r.states[pids[dead.name]]}) although {dead.health_url} "
+                                                f"answers: another process serves that port")
+        elif isinstance(r, BaseException):
+            error = error or _StartFailed(next(p for p in todo if p.host == h), f"could not start: {r}")
+        else:
+            for p in todo:
+                if p.host == h:
+                    _record_start(state, nodes, p, r[p.name], pids, started)  # type: ignore[index]
+    if error is not None:
+        raise error
 
 
 def up(c: Session, plan: Plan, *, timeout: float = 600.0, preflight: bool = True) -> UpResult:
@@ -168,55 +318,73 @@ def up(c: Session, plan: Plan, *, timeout: float = 600.0, preflight: bool = True
                                           details=[f"{ch.host}: {ch.name}: {ch.detail}" for ch in failed[1:]])
 
             tp = phase("preflight", tp)
-            shipped = _ship_bundles(nodes)
-            tp = phase("bundle", tp)
-            prepared = run_parallel({n: node for n, node in nodes.items() if node.plan.prepare}, _prepare)
+            # hosts with prepare commands (the tiny model: made with the bundle's code) get the
+            # bundle and run them first; every other host gets everything in _provision
+            with_prepare = {n: node for n, node in nodes.items() if node.plan.prepare}
+            shipped = _ship_bundles(with_prepare)
+            prepared = run_parallel(with_prepare, _prepare)
             for host, res in prepared.items():
                 if isinstance(res, BaseException):
                     raise UserError(f"host {host}: preparing failed: {res}", hint="run the command by hand on the host to see why")
+            tp = phase("prepare", tp)
 
             if state is None or not running:
                 state = RunState(run_id=new_run_id(plan.cluster), cluster=plan.cluster, inventory=c.inventory_path,
                                  started_at=now())
-            tp = phase("prepare", tp)
-            uploads = run_parallel(nodes, lambda n: _upload(n, plan))
-            for host, res in uploads.items():
-                if isinstance(res, BaseException):
-                    raise UserError(f"host {host}: upload failed: {res}")
-                state.hosts[host] = HostState(name=host, address=nodes[host].plan.address, workdir=nodes[host].workdir,
-                                              files=res)  # type: ignore[arg-type]
-
-            tp = phase("upload", tp)
             started: list[ProcessSpec] = []
             pids: dict[str, int] = {n: obs_all[n].pid for n in running}  # type: ignore[misc]
+            stages = plan.stages()
+            members_read = False
             try:
-                for stage in plan.stages():
-                    todo = [p for p in stage if p.name not in running]
-                    if not todo:
+                # every host: files written and the first stage's processes on it started, in one
+                # round trip per host where it can (see _provision)
+                first = [p for p in (stages[0] if stages else []) if p.name not in running]
+                prov = run_parallel(nodes, lambda n: _provision(n, plan, [p for p in first if p.host == n.name],
+                                                                bundle_ready=n.name in with_prepare))
+                step_error: _HostStepFailed | _StartFailed | None = None
+                for host, res in prov.items():
+                    if isinstance(res, (_HostStepFailed, _StartFailed)):
+                        step_error = step_error or res
                         continue
-                    res = run_parallel({p.name: p for p in todo}, lambda p: start_process(nodes[p.host], plan, p))
-                    for p in todo:
-                        r = res[p.name]
-                        if isinstance(r, BaseException):
-                            raise _StartFailed(p, f"could not start: {r}")
-                        pids[p.name] = r  # type: ignore[assignment]
-                        started.append(p)
-                        state.processes[p.name] = ProcessState(
-                            name=p.name, host=p.host, pid=r, started_at=now(), ports=p.ports,  # type: ignore[arg-type]
-                            log_path=nodes[p.host].path(p.log_path), health_url=p.health_url,
-                            script_sha256=next(f.sha256 for f in nodes[p.host].plan.files if f.path == p.launch_script))
+                    if isinstance(res, BaseException):
+                        step_error = step_error or _HostStepFailed(UserError(f"host {host}: upload failed: {res}"))
+                        continue
+                    state.hosts[host] = HostState(name=host, address=nodes[host].plan.address,
+                                                  workdir=nodes[host].workdir, files=res.files)  # type: ignore[union-attr]
+                    if res.shipped is not None:  # type: ignore[union-attr]
+                        shipped[host] = {"sha256": res.shipped.sha256, "uploaded": res.shipped.uploaded,  # type: ignore[union-attr]
+                                         "bytes": res.shipped.bytes_sent}  # type: ignore[union-attr]
+                    for p in first:
+                        if p.name in res.pids:  # type: ignore[union-attr]
+                            _record_start(state, nodes, p, res.pids[p.name], pids, started)  # type: ignore[union-attr]
+                tp = phase("upload", tp)
+                if step_error is not None:
+                    raise step_error
+                waves = [(i, todo) for i, todo in ((i, [p for p in stage if p.name not in running])
+                                                   for i, stage in enumerate(stages)) if todo]
+                prev: list[ProcessSpec] = []  # healthy; whether still alive is asked with the next starts
+                for k, (i, todo) in enumerate(waves):
+                    if i > 0:  # (the first stage was started by _provision)
+                        _start_wave(plan, nodes, state, todo, prev, pids, started)
                     save_state(state)
                     tp = phase("start", tp)
-                    failures = _wait_healthy(ev, plan, nodes, todo, pids, timeout)
+                    last = k == len(waves) - 1
+                    failures, members = _wait_healthy(ev, plan, nodes, todo, pids, timeout, members=last,
+                                                      check_alive=last)
+                    members_read = members_read or last
                     tp = phase("wait_healthy", tp)
                     if failures:
                         name, why = next(iter(failures.items()))
                         raise _StartFailed(plan.process(name), why, others=failures)
                     for p in todo:
                         state.processes[p.name].healthy_at = now()
+                    for name, m in members.items():
+                        if name in state.processes:
+                            state.processes[name].members = m
                     if interrupts.requested():  # noted, but swallowed where it was raised
                         raise KeyboardInterrupt
-            except (_StartFailed, KeyboardInterrupt) as e:
+                    prev = todo
+            except (_StartFailed, _HostStepFailed, KeyboardInterrupt) as e:
                 interrupted = isinstance(e, KeyboardInterrupt)
                 tail = ""
                 if isinstance(e, _StartFailed):
@@ -242,18 +410,23 @@ def up(c: Session, plan: Plan, *, timeout: float = 600.0, preflight: bool = True
                                       + (f" ({', '.join(n for n, r in stopped.items() if r.get('pids'))})"
                                          if any(r.get("pids") for r in stopped.values()) else " (nothing had started)"),
                                       details=left, stopped=stopped) from None
+                if isinstance(e, _HostStepFailed):
+                    if left:
+                        e.error.details = [*e.error.details, *left]
+                    raise e.error from None
                 assert isinstance(e, _StartFailed)
                 details = [f"{n}: {r}" for n, r in e.others.items() if n != e.spec.name] + left
                 raise StartFailed(f"{e.spec.name} on host {e.spec.host} failed: {e.reason}",
                                   hint=f"see the log above; `orchestrate logs {e.spec.name}`", details=details,
                                   process=e.spec.name, host=e.spec.host, reason=e.reason, stopped=stopped,
                                   log_tail=tail, log_path=e.spec.log_path) from None
-            # what each process is made of once healthy: a child that dies later makes it degraded
-            for host, obs in run_parallel(nodes, lambda n: observe(plan, n)).items():
-                if not isinstance(obs, BaseException):
-                    for name, o in obs.items():  # type: ignore[union-attr]
-                        if name in state.processes and o.state == "running":
-                            state.processes[name].members = o.members
+            # what each process is made of once healthy (a child that dies later makes it
+            # degraded): read with the last stage's health check; when that stage had nothing to
+            # start, here
+            if not members_read:
+                for name, m in _alive_and_members(plan, nodes, [], pids)[1].items():
+                    if name in state.processes:
+                        state.processes[name].members = m
             save_state(state)
         finally:
             close_all(nodes)

@@ -267,7 +267,6 @@ def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
         return
     from .. import cluster, plan_cache
     from ..errors import PreflightFailed
-    from .output import print_up
 
     plan_cache.store(c.inventory_path, c.inventory(), plan)  # for the next status / preflight
     from .plain import format_checks, terminal_width
@@ -279,7 +278,9 @@ def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
         if not c.as_json:
             c.emit_text(format_checks(e.checks, terminal_width()))
         raise
-    _emit(c, result, lambda con, r: print_up(con, plan, r.to_json(), c.verbose))
+    from .plain import format_up  # (plain text: no rich on up's path)
+
+    _emit_text(c, result, lambda r: format_up(plan, r.to_json(), c.verbose, terminal_width()))
 
 
 @cli.command()

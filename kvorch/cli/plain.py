@@ -1,4 +1,4 @@
-"""Plain-text tables for the short commands (``status``, ``preflight``): no rich.
+"""Plain-text tables for the short commands (``status``, ``preflight``, ``up``): no rich.
 
 rich costs ~60–100 ms of imports, a fifth of a cold ``status``; these tables need none of it.
 Cells may carry ANSI styles (``click.style``); widths count visible characters only, and
@@ -101,6 +101,28 @@ def format_checks(checks: list, width: int | None = None) -> str:
     rows = [[ch.host, ch.name, _style(ch.status, colour.get(ch.status)), ch.detail, ch.hint or ""] for ch in checks]
     return table(["host", "check", "", "detail", "fix"], rows, title="preflight", width=width,
                  wrap=["detail", "fix"], style_header=lambda h: _style(h, bold=True))
+
+
+def format_up(plan, data: dict, verbose: int = 0, width: int | None = None) -> str:
+    """``orchestrate up``: one row per process (pid, ports, health URL, log), the phases with -v."""
+    if not data.get("changed", True):
+        return (f"cluster {_style(plan.cluster, 'cyan')} is already up and healthy (run {data['run_id']}): "
+                "nothing changed")
+    procs = data.get("processes") or {}
+    rows = []
+    for p in plan.processes():
+        s = procs.get(p.name)
+        rows.append([p.name, p.host, str(s["pid"] if s else "?"), ",".join(map(str, p.ports)), p.health_url,
+                     s["log"] if s else p.log_path])
+    out = [table(["process", "host", "pid", "ports", "health", "log"], rows,
+                 title=f"cluster {plan.cluster} is up (run {data['run_id']}, {data['seconds']:.1f} s)", width=width,
+                 wrap=["health", "log"], style_header=lambda h: _style(h, bold=True))]
+    if verbose:
+        out.append(_style("phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in data.get("phases_s", {}).items()), dim=True))
+        for host, b in (data.get("bundle") or {}).items():
+            out.append(_style(f"bundle {b['sha256'][:12]} on {host}: "
+                              + (f"sent {b['bytes']} bytes" if b["uploaded"] else "there already"), dim=True))
+    return "\n".join(out)
 
 
 def terminal_width(err: bool = False) -> int | None:

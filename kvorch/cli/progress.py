@@ -20,6 +20,23 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
+def _on_terminal() -> bool:
+    """Whether stdout (the console's stream when not --json) is a terminal: the progress bars are
+    transient, so elsewhere they would show nothing — and cost rich's import (~0.1 s) on `up`'s path."""
+    import os
+    import sys
+
+    # as rich decides (rich/console.py is_terminal): TTY_COMPATIBLE, then FORCE_COLOR, then isatty
+    if os.environ.get("TTY_COMPATIBLE") in ("0", "1"):
+        return os.environ["TTY_COMPATIBLE"] == "1"
+    if os.environ.get("FORCE_COLOR") is not None:
+        return os.environ["FORCE_COLOR"] != ""
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 class RichEvents(Events):
     def __init__(self, console: Callable[[], Console], *, quiet: bool = False, verbose: int = 0):
         self._console = console
@@ -35,7 +52,7 @@ class RichEvents(Events):
 
     # ---- health waits
     def waiting(self, process: str, url: str) -> None:
-        if self.quiet:
+        if self.quiet or not _on_terminal():
             return
         if self._progress is None:
             from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

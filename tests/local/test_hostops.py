@@ -451,3 +451,111 @@ def test_probe_finds_the_group_its_listener_and_last_line_whatever_the_process_i
             assert any_ops.stop_marked(marker, 2).stopped
     gone = any_ops.probe_marked({"l": marker}, {"l": "run/l.pid"}, [port], use_ss=use_ss)["l"]
     assert gone.leader_state in ("dead", "zombie") and (gone.members, gone.listeners) == ([], {})
+
+
+# ---- write_and_start (up's one round trip per host) -------------------------------------------
+
+
+def _marked_procs(marker: str) -> list[int]:
+    out = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() + b"\0" in env.read_bytes():
+                out.append(int(env.parent.name))
+        except OSError:
+            continue
+    return out
+
+
+def _counting(ops) -> list[str]:
+    runs: list[str] = []
+    real = ops.t.run
+    ops.t.run = lambda *a, **k: runs.append(a[0]) or real(*a, **k)
+    return runs
+
+
+def test_write_and_start_writes_then_starts_in_one_round_trip_over_ssh(any_ops, tmp_path):
+    from kvorch.hosts.ops import StartRequest
+
+    env, marker = _marked("ws")
+    runs = _counting(any_ops)
+    work = tmp_path / "work"
+    pids = any_ops.write_and_start(
+        [("run/ws.sh", "echo from ws; exec sleep 30\n", 0o755), ("conf/c.yaml", "k: 'v $x'\n", 0o644)], ("logs",),
+        [StartRequest("ws", str(work / "run/ws.sh"), str(work / "logs/ws.log"), str(work / "run/ws.pid"), str(work), env)])
+    sent = len(runs)
+    try:
+        pid = pids["ws"]
+        assert any_ops.read_pid("run/ws.pid") == pid and os.getpgid(pid) == pid and os.getsid(pid) == pid
+        assert (work / "conf/c.yaml").read_text() == "k: 'v $x'\n" and (work / "logs").is_dir()
+        assert _wait(lambda: any_ops.tail("logs/ws.log") == "from ws\n")
+        if any_ops.small_via_shell:
+            assert sent == 1
+    finally:
+        any_ops.stop_marked(marker, 2)
+
+
+def test_write_and_start_does_nothing_when_the_required_path_is_missing(any_ops, tmp_path):
+    from kvorch.hosts.ops import MissingOnHost, StartRequest
+
+    env, marker = _marked("req")
+    work = tmp_path / "work"
+    req = StartRequest("req", str(work / "run/r.sh"), str(work / "logs/r.log"), str(work / "run/r.pid"), str(work), env)
+    with pytest.raises(MissingOnHost):
+        any_ops.write_and_start([("run/r.sh", "exec sleep 30\n", 0o755)], ("logs",), [req], require=".kvorch/x/BUNDLE.json")
+    assert not (work / "run" / "r.sh").exists() and _marked_procs(marker) == []
+    any_ops.write_file(".kvorch/x/BUNDLE.json", "{}")
+    pids = any_ops.write_and_start([("run/r.sh", "exec sleep 30\n", 0o755)], ("logs",), [req], require=".kvorch/x/BUNDLE.json")
+    try:
+        assert _marked_procs(marker) == [pids["req"]] or pids["req"] in _marked_procs(marker)
+    finally:
+        any_ops.stop_marked(marker, 2)
+
+
+def test_a_write_that_fails_starts_nothing_and_leaves_no_temporary_files(any_ops, tmp_path):
+    from kvorch.hosts.ops import StartRequest
+
+    env, marker = _marked("wf")
+    work = tmp_path / "work"
+    (work / "conf" / "c.yaml").mkdir(parents=True)  # planted: a directory where the file goes
+    req = StartRequest("wf", str(work / "run/wf.sh"), str(work / "logs/wf.log"), str(work / "run/wf.pid"), str(work), env)
+    with pytest.raises((CommandError, OSError)):  # (a local host writes directly)
+        # (the failing file first: a script that carried on after it would end with a success)
+        any_ops.write_and_start([("conf/c.yaml", "k: v\n", 0o644), ("run/wf.sh", "exec sleep 30\n", 0o755)], ("logs",),
+                                [req])
+    time.sleep(0.2)
+    assert _marked_procs(marker) == []
+    assert not [p for p in work.rglob("*") if ".kvorch-" in p.name]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o444, 0o755, 0o750, 0o700])
+def test_write_files_gives_each_file_its_mode_exactly(any_ops, tmp_path, mode):
+    os.umask(0o022)
+    any_ops.write_files([("m/text", "text\n", mode), ("m/bin", b"\x00\xff\xfe", mode)])
+    for name in ("text", "bin"):
+        assert stat.S_IMODE((tmp_path / "work" / "m" / name).stat().st_mode) == mode
+    assert (tmp_path / "work" / "m" / "bin").read_bytes() == b"\x00\xff\xfe"
+
+
+def test_write_and_start_starts_nothing_when_a_process_it_must_find_running_has_exited(any_ops, tmp_path):
+    from kvorch.hosts.ops import NotRunning, StartRequest
+
+    any_ops.write_file("run/gone.sh", "exit 0\n")
+    gone = any_ops.start_detached("run/gone.sh", "logs/gone.log", "run/gone.pid")
+    assert _wait(lambda: any_ops.process_state(gone) != "running")
+    any_ops.write_file("run/live.sh", "exec sleep 30\n")
+    live_env, live_marker = _marked("live")
+    live = any_ops.start_detached("run/live.sh", "logs/live.log", "run/live.pid", env=live_env)
+    env, marker = _marked("next")
+    work = tmp_path / "work"
+    req = StartRequest("next", str(work / "run/live.sh"), str(work / "logs/n.log"), str(work / "run/n.pid"), str(work), env)
+    try:
+        with pytest.raises(NotRunning) as e:
+            any_ops.write_and_start([], (), [req], alive=[live, gone])
+        assert set(e.value.states) == {gone} and e.value.states[gone] in ("dead", "zombie")
+        assert _marked_procs(marker) == [] and not (work / "run/n.pid").exists()
+        pids = any_ops.write_and_start([], (), [req], alive=[live])  # all running: started
+        assert pids["next"] in _marked_procs(marker)
+    finally:
+        any_ops.stop_marked(marker, 2)
+        any_ops.stop_marked(live_marker, 2)

@@ -49,6 +49,21 @@ def test_status_prints_its_table_without_loading_rich(tmp_path):
     assert not {m for m in _imported(r.stderr) if m.split(".")[0] == "rich"}
 
 
+def test_up_off_a_terminal_prints_its_table_without_loading_rich(tmp_path):
+    orch = _local_cluster(tmp_path)
+    try:
+        r = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "orchestrate.py"), "up", "--skip-preflight"],
+                           cwd=tmp_path, env=orch.env(), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith("cluster startup") and " is up (run " in lines[0]
+        assert lines[1].split() == ["process", "host", "pid", "ports", "health", "log"]
+        assert sorted(ln.split()[0] for ln in lines[3:]) == ["controller", "decode", "prefill"]
+        assert not {m for m in _imported(r.stderr) if m.split(".")[0] == "rich"}
+    finally:
+        orch("down", "--no-collect")
+
+
 def _planted_plugin(tmp_path: Path) -> Path:
     """A pydantic plugin, found the way pydantic finds them (an entry point in group
     ``pydantic``), that writes a file when it is loaded."""
