@@ -141,8 +141,9 @@ def _imported(stderr: str) -> set[str]:
     return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
 
 
-def test_status_with_a_kept_plan_imports_neither_jinja2_nor_yaml_and_prints_the_same(tmp_path):
-    name = f"pc{tmp_path.name[-12:]}".replace("_", "").replace("-", "")[:30]
+def _local_cluster(tmp_path: Path, prefix: str) -> tuple[Orch, str]:
+    """The embedded local inventory on free ports, its own cluster name, a run-state folder."""
+    name = f"{prefix}{tmp_path.name[-12:]}".replace("_", "").replace("-", "")[:30]
 
     def m(d):
         d["cluster"] = name
@@ -151,6 +152,11 @@ def test_status_with_a_kept_plan_imports_neither_jinja2_nor_yaml_and_prints_the_
             h["workdir"] = str(tmp_path / "hosts")
     orch = Orch(tmp_path, write_inventory(tmp_path / "inv.yaml", "inventories/local.yaml", m))
     (tmp_path / "state").mkdir()
+    return orch, name
+
+
+def test_status_with_a_kept_plan_imports_neither_jinja2_nor_yaml_and_prints_the_same(tmp_path):
+    orch, name = _local_cluster(tmp_path, "pc")
 
     def status() -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "orchestrate.py"), "status"],
@@ -180,15 +186,7 @@ def test_the_kept_inventory_is_unpickled_only_when_asked_for(inv):
 
 def test_preflight_with_a_kept_plan_loads_the_kept_inventory(tmp_path):
     # preflight's checks read the inventory (lmcache_version, GPU checks): the lazily kept one
-    name = f"pf{tmp_path.name[-12:]}".replace("_", "").replace("-", "")[:30]
-
-    def m(d):
-        d["cluster"] = name
-        give_free_ports(d)
-        for h in d["hosts"].values():
-            h["workdir"] = str(tmp_path / "hosts")
-    orch = Orch(tmp_path, write_inventory(tmp_path / "inv.yaml", "inventories/local.yaml", m))
-    (tmp_path / "state").mkdir()
+    orch, _ = _local_cluster(tmp_path, "pf")
     first = orch("--json", "preflight")
     second = orch("--json", "preflight")
     assert list((tmp_path / "state" / "plans").iterdir())  # kept by the first
