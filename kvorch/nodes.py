@@ -36,13 +36,6 @@ class Node:
         self.ops.t.close()
 
 
-def ssh_overrides(inv: Inventory, host: str, insecure: bool = False) -> dict[str, Any]:
-    o = inv.hosts[host].ssh_overrides()
-    if insecure:
-        o["strict_host_key_checking"] = False
-    return o
-
-
 def ssh_settings_of(name: str, target: str, overrides: dict[str, Any], ssh_config: str | None):
     """The SSH settings of host ``name``: ``target`` (its alias or address) looked up in the
     ssh_config, with the inventory's ``overrides`` on top."""
@@ -55,11 +48,6 @@ def ssh_settings_of(name: str, target: str, overrides: dict[str, Any], ssh_confi
     except ValueError as e:  # SshSettingsError: a value from the ssh_config or the inventory
         raise UserError(f"host {name}: cannot use its SSH settings: {e}",
                         hint=f"fix the ssh_config entry for {target} or hosts.{name}.ssh in the inventory") from None
-
-
-def _ssh_settings(inv: Inventory, name: str, address: str, ssh_config: str | None):
-    hs = inv.hosts[name]
-    return ssh_settings_of(name, hs.ssh.alias or address, hs.ssh_overrides(), ssh_config)
 
 
 def _plan_settings(hp: HostPlan, ssh_config: str | None):
@@ -132,21 +120,18 @@ def _ssh_hosts(source: Inventory | Plan, ssh_config: str | None) -> list[tuple[s
     settings do not resolve is left out (:func:`open_nodes` reports it)."""
     from .plan import Plan
 
-    out = []
     if isinstance(source, Plan):
-        for hp in source.hosts:
-            if hp.connector == "ssh":
-                try:
-                    out.append((hp.name, hp.address, _plan_settings(hp, ssh_config)))
-                except UserError:
-                    continue
-        return out
-    for name, h in source.hosts.items():
-        if h.connector == "ssh":
-            try:
-                out.append((name, h.address, _ssh_settings(source, name, h.address, ssh_config)))
-            except UserError:
-                continue
+        hosts = [(hp.name, hp.address, hp.ssh_target or hp.address, hp.ssh)
+                 for hp in source.hosts if hp.connector == "ssh"]
+    else:
+        hosts = [(name, h.address, h.ssh_target(), h.ssh_overrides())
+                 for name, h in source.hosts.items() if h.connector == "ssh"]
+    out = []
+    for name, address, target, overrides in hosts:
+        try:
+            out.append((name, address, ssh_settings_of(name, target, overrides, ssh_config)))
+        except UserError:
+            continue
     return out
 
 

@@ -58,11 +58,11 @@ class Ctx(Session):
         """As :meth:`Session.inventory`; a kept one (:meth:`kept_plan`) is unpickled only now."""
         from ..plan_cache import KeptInventory
 
-        if isinstance(self._inventory, KeptInventory):
+        kept = self._inventory
+        if kept is None or isinstance(kept, KeptInventory):
             skip_pydantic_plugin_scan()
-            self._inventory = self._inventory.load()
-        elif self._inventory is None:
-            skip_pydantic_plugin_scan()
+            if kept is not None:
+                self._inventory = kept.load()
         return Session.inventory(self)
 
     def start_events(self) -> None:

@@ -166,12 +166,13 @@ def test_a_bad_number_in_the_ssh_config_names_the_setting_and_the_file(tmp_path,
 def test_a_bad_ssh_config_is_a_user_error_naming_the_host_not_an_internal_error(tmp_path):
     from kvorch.errors import UserError
     from kvorch.inventory import load_inventory
-    from kvorch.nodes import _ssh_settings
+    from kvorch.nodes import ssh_settings_of
 
     path = tmp_path / "config"
     path.write_text("Host *\n    Port abc\n")
     inv = load_inventory(os.path.join(os.path.dirname(__file__), "..", "..", "inventories", "loopback.yaml"))
     name = next(iter(inv.hosts))
     with pytest.raises(UserError) as e:
-        _ssh_settings(inv, name, inv.hosts[name].address, str(path))
+        h = inv.hosts[name]
+        ssh_settings_of(name, h.ssh_target(), h.ssh_overrides(), str(path))
     assert f"host {name}" in e.value.message and "Port" in e.value.message and f"hosts.{name}.ssh" in (e.value.hint or "")
