@@ -18,8 +18,7 @@ from . import interrupts
 from .errors import Interrupted, PreflightFailed, StartFailed, UserError
 from .nodes import Node, close_all, open_nodes
 from .plan import Plan, ProcessSpec
-from .processes import (MARKER, expected_members, http_health, leftovers, marker_value, not_running, observe,
-                        stop_all)
+from .processes import expected_members, http_health, leftovers, not_running, observe, start_request, stop_all
 from .results import DownResult, LogsResult, StatusResult, UpResult
 from .runstate import (ProcessState, HostState, RunState, clear_state, cluster_lock, load_state, new_run_id, now,
                        save_state)
@@ -62,11 +61,10 @@ def _provision(node: Node, plan: Plan, starts: list[ProcessSpec], *, bundle_read
     command sent again. ``bundle_ready``: shipped already (hosts with prepare commands)."""
     from . import bundle
     from .hosts.base import CommandError
-    from .hosts.ops import MissingOnHost, StartRequest
+    from .hosts.ops import MissingOnHost
 
     files = [(f.path, f.content, f.mode) for f in node.plan.files]
-    reqs = [StartRequest(p.name, node.path(p.launch_script), node.path(p.log_path), node.path(p.pid_path),
-                         node.workdir, {MARKER: marker_value(plan, p)}) for p in starts]
+    reqs = [start_request(node, plan, p) for p in starts]
     sha = node.plan.bundle
     require = f"{bundle.BUNDLE_ROOT}/{sha}/{bundle.MARKER}" if sha and not bundle_ready else None
     shipped = bundle.Shipped(node.name, sha, False, 0, 0.0) if sha else None
@@ -220,15 +218,14 @@ def _start_wave(plan: Plan, nodes: dict[str, Node], state: RunState, todo: list[
     """Start a stage's processes once the one before is healthy: one command per host, which
     first checks that the previous stage's processes there still run (one that died right after
     answering its health URL: another process serves that port) and then starts this stage's."""
-    from .hosts.ops import NotRunning, StartRequest
+    from .hosts.ops import NotRunning
     from .hosts.parallel import run_parallel
 
     hosts = sorted({p.host for p in todo} | {p.host for p in prev})
 
     def on_host(h: str) -> dict[str, int]:
         node = nodes[h]
-        reqs = [StartRequest(p.name, node.path(p.launch_script), node.path(p.log_path), node.path(p.pid_path),
-                             node.workdir, {MARKER: marker_value(plan, p)}) for p in todo if p.host == h]
+        reqs = [start_request(node, plan, p) for p in todo if p.host == h]
         return node.ops.write_and_start([], (), reqs, alive=[pids[p.name] for p in prev if p.host == h])
 
     res = run_parallel({h: h for h in hosts}, on_host)

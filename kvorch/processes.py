@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .plan import Plan, ProcessSpec
 
 if TYPE_CHECKING:
-    from .hosts.ops import MarkedProcess, StopResult
+    from .hosts.ops import MarkedProcess, StartRequest, StopResult
     from .nodes import Node
 
 #: env marker that identifies processes this tool started (checked before any signal is sent)
@@ -184,12 +184,19 @@ def leftover_processes(plan: Plan, node: Node) -> list[str]:
 # start / stop
 
 
+def start_request(node: Node, plan: Plan, p: ProcessSpec) -> StartRequest:
+    """What starting one planned process on its host takes: its launch script, log and pidfile in
+    the host's workdir, our marker in its environment."""
+    from .hosts.ops import StartRequest
+
+    return StartRequest(p.name, node.path(p.launch_script), node.path(p.log_path), node.path(p.pid_path),
+                        node.workdir, {MARKER: marker_value(plan, p)})
+
+
 def start_process(node: Node, plan: Plan, p: ProcessSpec) -> int:
     """Start one planned process detached, with our marker in its environment; its pid (= pgid)."""
-    return node.ops.start_detached(
-        script=node.path(p.launch_script), log_path=node.path(p.log_path), pid_path=node.path(p.pid_path),
-        cwd=node.workdir, env={MARKER: marker_value(plan, p)},
-    )
+    r = start_request(node, plan, p)
+    return node.ops.start_detached(script=r.script, log_path=r.log_path, pid_path=r.pid_path, cwd=r.cwd, env=r.env)
 
 
 def stop_process(plan: Plan, node: Node, p: ProcessSpec, grace: float) -> StopResult:
