@@ -730,13 +730,12 @@ class HostOps:
         lines = []
         if require is not None:
             lines.append(f"[ -e {qpath(self.path(require))} ] || {{ echo {q(_MISSING_MARK)}; exit 0; }}")
-        if alive:  # as process_states: no stat → dead; Z/X or an empty cmdline → zombie (no fork)
+        if alive:  # the probe's _kv_st (as process_states: no stat → dead; Z/X, no cmdline → zombie; no fork)
+            lines.append(_PROBE_FN)
             lines.append(
-                f"_kv_dead=; for p in {' '.join(map(str, alive))}; do l=; read -r l 2>/dev/null < /proc/$p/stat; "
-                "if [ -z \"$l\" ]; then echo \"DEAD $p dead\"; _kv_dead=1; continue; fi; r=${l##*) }; set -- $r; "
-                "c=; IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$p/cmdline; "
-                "case \"$1\" in Z|X|x) c=;; esac; "
-                "[ -n \"$c\" ] || { echo \"DEAD $p zombie\"; _kv_dead=1; }; done; [ -z \"$_kv_dead\" ] || exit 0")
+                f"_kv_dead=; for p in {' '.join(map(str, alive))}; do _kv_st \"$p\"; "
+                "case \"$_kv_s\" in running*) ;; *) echo \"DEAD $p ${_kv_s%% *}\"; _kv_dead=1;; esac; done; "
+                "[ -z \"$_kv_dead\" ] || exit 0")
         if script is not None:
             # (not `( … ) || exit`: set -e does not act inside the left side of ||)
             lines.append("( " + script + ")")
