@@ -513,14 +513,15 @@ def demo(c: Ctx, keep: bool) -> None:
 
 def _demo(c: Ctx, keep: bool) -> int:
     from .. import cluster
-    from .output import print_down, print_up
+    from .output import print_down
+    from .plain import format_up, terminal_width
 
     plan = c.plan()
     con = c.console()
     con.print(f"[bold]demo[/] on cluster [cyan]{plan.cluster}[/] ({c.inventory_path})")
     up_result = cluster.up(c, plan)
     if not c.as_json:
-        print_up(con, plan, up_result.to_json(), c.verbose)
+        c.emit_text(format_up(plan, up_result.to_json(), c.verbose, terminal_width()))
     from ..scenarios.runner import worst_exit
 
     codes: list[int] = []

@@ -12,26 +12,6 @@ from rich.table import Table
 from ..fmt import human_bytes as _human
 
 
-def print_up(con: Console, plan: Any, data: dict[str, Any], verbose: int) -> None:
-    if not data.get("changed", True):
-        con.print(f"cluster [cyan]{plan.cluster}[/] is already up and healthy (run {data['run_id']}): nothing changed")
-        return
-    t = Table(title=f"cluster {plan.cluster} is up (run {data['run_id']}, {data['seconds']:.1f} s)", title_justify="left")
-    for col in ("process", "host", "pid", "ports", "health", "log"):
-        t.add_column(col)
-    procs = data.get("processes") or {}
-    for p in plan.processes():
-        s = procs.get(p.name)
-        t.add_row(p.name, p.host, str(s["pid"] if s else "?"), ",".join(map(str, p.ports)), p.health_url,
-                  s["log"] if s else p.log_path)
-    con.print(t)
-    if verbose:
-        con.print("phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in data.get("phases_s", {}).items()), style="dim")
-        for host, b in (data.get("bundle") or {}).items():
-            con.print(f"bundle {b['sha256'][:12]} on {host}: " + (f"sent {b['bytes']} bytes" if b["uploaded"] else "there already"),
-                      style="dim")
-
-
 def print_down(con: Console, cluster: str, data: dict[str, Any]) -> None:
     for name, r in data["stopped"].items():
         con.print(f"{name:>14} on {r.get('host', '?')}: {r['result']}" + (f" ({r['seconds']} s)" if "seconds" in r else ""))
