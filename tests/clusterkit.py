@@ -59,6 +59,26 @@ def write_inventory(path: Path, base: str, mutate: Callable[[dict], None] | None
     return path
 
 
+def loopback_orch(tmp: Path, sshd: Any, name: str, python: str | None = None) -> "Orch":
+    """inventories/loopback.yaml on the suite's sshd (``sshd``: tests/sshd.py's cluster) with its own
+    cluster name, free ports and workdirs under ``tmp`` (controller and prefill on node13, decode on
+    node97); the hosts' python set to ``python`` (None: the login shell's python3)."""
+    p = free_ports(12)
+
+    def m(d: dict) -> None:
+        d["cluster"] = name
+        for host in d["hosts"].values():
+            host["ssh"]["port"] = sshd.port
+            host["workdir"] = str(tmp / "hosts" / host["address"])
+            if python is not None:
+                host["python"] = python
+        c = d["controller"]
+        c["port"], c["monitor_ports"] = p[0], {"pull": p[1], "reply": p[2], "heartbeat": p[3]}
+        for e, (port, init, lookup, worker) in zip(d["engines"], (p[4:8], p[8:12])):
+            e["port"], e["p2p_init_port"], e["p2p_lookup_port"], e["worker_port"] = port, init, lookup, worker
+    return Orch(tmp, write_inventory(tmp / f"{name}.yaml", "inventories/loopback.yaml", m), sshd.ssh_config)
+
+
 def pids_in_group(pgid: int) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit import Orch, free_ports, listening, pids_in_group, write_inventory
+from clusterkit import Orch, listening, loopback_orch, pids_in_group
 
 pytestmark = pytest.mark.ssh
 
@@ -27,26 +27,6 @@ def _lowest_python_at_least_3_10() -> str:
             if r.returncode == 0 and r.stdout.strip() == str(minor):
                 return c
     return sys.executable
-
-
-def _inventory(tmp: Path, sshd, name: str, python: str | None) -> Orch:
-    """inventories/loopback.yaml with its own cluster name, free ports and workdirs; the hosts'
-    python set to ``python`` (None: leave the login shell's python3)."""
-    p = free_ports(12)
-
-    def m(d):
-        d["cluster"] = name
-        for host in d["hosts"].values():
-            host["ssh"]["port"] = sshd.port
-            host["workdir"] = str(tmp / "hosts" / host["address"])
-            if python is not None:
-                host["python"] = python
-        c = d["controller"]
-        c["port"], c["monitor_ports"] = p[0], {"pull": p[1], "reply": p[2], "heartbeat": p[3]}
-        for e, (port, init, lookup, worker) in zip(d["engines"], (p[4:8], p[8:12])):
-            e["port"], e["p2p_init_port"], e["p2p_lookup_port"], e["worker_port"] = port, init, lookup, worker
-    inv = write_inventory(tmp / f"{name}.yaml", "inventories/loopback.yaml", m)
-    return Orch(tmp, inv, sshd.ssh_config)
 
 
 @pytest.fixture
@@ -76,7 +56,7 @@ def _engine_pythons(state: dict) -> set[str]:
 
 
 def test_empty_venv_hosts_run_up_reuse_2node_down_with_the_sim(sshd_cluster, tmp_path, empty_venv):
-    orch = _inventory(tmp_path, sshd_cluster, "agentless", str(empty_venv))
+    orch = loopback_orch(tmp_path, sshd_cluster, "agentless", str(empty_venv))
     try:
         up = orch("--json", "up")
         assert up.code == 0, up.err + up.out
@@ -131,7 +111,7 @@ def test_a_host_python_below_3_10_fails_preflight_with_one_clear_line(sshd_clust
     if which not in olds:
         pytest.skip("no Python 3.8 on this machine")
     python, version = olds[which]
-    orch = _inventory(tmp_path, sshd_cluster, "oldpy", None)
+    orch = loopback_orch(tmp_path, sshd_cluster, "oldpy", None)
     data = orch.inventory.read_text().replace("python: python3", f"python: {python}", 1)  # node13 only
     orch.inventory.write_text(data)
 

@@ -11,26 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit import Orch, free_ports, write_inventory
+from clusterkit import loopback_orch
 
 pytestmark = pytest.mark.ssh
-
-
-def _inventory(tmp: Path, sshd, name: str) -> Orch:
-    """inventories/loopback.yaml with its own cluster name, free ports and workdirs (controller and
-    prefill on node13, decode on node97)."""
-    p = free_ports(12)
-
-    def m(d):
-        d["cluster"] = name
-        for host in d["hosts"].values():
-            host["ssh"]["port"] = sshd.port
-            host["workdir"] = str(tmp / "hosts" / host["address"])
-        c = d["controller"]
-        c["port"], c["monitor_ports"] = p[0], {"pull": p[1], "reply": p[2], "heartbeat": p[3]}
-        for e, (port, init, lookup, worker) in zip(d["engines"], (p[4:8], p[8:12])):
-            e["port"], e["p2p_init_port"], e["p2p_lookup_port"], e["worker_port"] = port, init, lookup, worker
-    return Orch(tmp, write_inventory(tmp / f"{name}.yaml", "inventories/loopback.yaml", m), sshd.ssh_config)
 
 
 def _ours_alive(cluster: str) -> list[int]:
@@ -51,7 +34,7 @@ def _wd(tmp: Path, address: str) -> Path:
 
 
 def test_a_host_without_this_bundle_gets_it_and_a_host_with_it_gets_nothing(sshd_cluster, tmp_path):
-    orch = _inventory(tmp_path, sshd_cluster, "pipebundle")
+    orch = loopback_orch(tmp_path, sshd_cluster, "pipebundle")
     try:
         first = orch("--json", "up")
         assert first.code == 0, first.err + first.out
@@ -75,7 +58,7 @@ def test_a_host_without_this_bundle_gets_it_and_a_host_with_it_gets_nothing(sshd
 
 
 def test_files_changed_on_a_host_between_two_ups_are_written_again(sshd_cluster, tmp_path):
-    orch = _inventory(tmp_path, sshd_cluster, "piperewrite")
+    orch = loopback_orch(tmp_path, sshd_cluster, "piperewrite")
     try:
         first = orch("up")
         assert first.code == 0, first.err + first.out
@@ -96,7 +79,7 @@ def test_files_changed_on_a_host_between_two_ups_are_written_again(sshd_cluster,
 
 
 def test_a_host_whose_files_cannot_be_written_leaves_nothing_running_on_any_host(sshd_cluster, tmp_path):
-    orch = _inventory(tmp_path, sshd_cluster, "pipewrite")
+    orch = loopback_orch(tmp_path, sshd_cluster, "pipewrite")
     # planted: node97's run/ is a file, so nothing can be written there; node13 (the controller's
     # host) is fine and starts its controller in the same moment
     wd97 = _wd(tmp_path, "127.0.0.97")
@@ -119,7 +102,7 @@ def test_a_host_whose_files_cannot_be_written_leaves_nothing_running_on_any_host
 
 
 def test_a_start_that_fails_after_its_process_began_is_rolled_back_everywhere(sshd_cluster, tmp_path):
-    orch = _inventory(tmp_path, sshd_cluster, "pipestart")
+    orch = loopback_orch(tmp_path, sshd_cluster, "pipestart")
     # planted: the controller's pidfile is a directory — its process is started, then recording
     # its pid fails (exit 97): it must be stopped by its marker, and nothing else started
     wd13 = _wd(tmp_path, "127.0.0.13")
