@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -130,6 +131,20 @@ def measure(name: str, inv_path: Path, ssh_config: Path | None) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def loopback_inventory(cluster: Any, tmp: Path) -> Path:
+    """inventories/loopback.yaml on the bench's sshd (tests/sshd.py's cluster), every port free, the
+    hosts' workdirs under ``tmp``, this checkout's kvorch and this venv's interpreter on the hosts."""
+    lb = free_ports_everywhere(yaml.safe_load((ROOT / "inventories/loopback.yaml").read_text()))
+    lb.setdefault("env", {})["PYTHONPATH"] = str(ROOT)
+    for h in lb["hosts"].values():
+        h["ssh"]["port"] = cluster.port
+        h["workdir"] = str(tmp / h["address"])
+        h["python"] = sys.executable  # the venv's interpreter, as an inventory would name it
+    path = tmp / "loopback.yaml"
+    path.write_text(yaml.safe_dump(lb))
+    return path
+
+
 def free_ports_everywhere(inv: dict) -> dict:
     """Every service port of the inventory replaced by a free one (on its host's address), so the
     bench never collides with a cluster someone else runs on the default ports."""
@@ -201,14 +216,7 @@ def main() -> None:
         write_results(Path(a.out), load0)
         return
     with SshdCluster(tmp / "sshd") as cluster:
-        lb = free_ports_everywhere(yaml.safe_load((ROOT / "inventories/loopback.yaml").read_text()))
-        lb.setdefault("env", {})["PYTHONPATH"] = str(ROOT)
-        for h in lb["hosts"].values():
-            h["ssh"]["port"] = cluster.port
-            h["workdir"] = str(tmp / h["address"])
-            h["python"] = sys.executable  # the venv's interpreter, as an inventory would name it
-        (tmp / "loopback.yaml").write_text(yaml.safe_dump(lb))
-        measure("ssh x2", tmp / "loopback.yaml", cluster.ssh_config)
+        measure("ssh x2", loopback_inventory(cluster, tmp), cluster.ssh_config)
     write_results(Path(a.out), load0)
 
 

@@ -23,7 +23,6 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -169,20 +168,13 @@ def main() -> None:
     ap.add_argument("--keep-bundle", action="store_true", help="(default) bundle already on the hosts after round 1")
     a = ap.parse_args()
     from sshd import SshdCluster
-    from up_overhead import free_ports_everywhere
+    from up_overhead import loopback_inventory
 
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     tmp = Path(tempfile.mkdtemp(prefix="bench-tl-"))
     rounds = []
     with SshdCluster(tmp / "sshd") as cluster:
-        lb = free_ports_everywhere(yaml.safe_load((ROOT / "inventories/loopback.yaml").read_text()))
-        lb.setdefault("env", {})["PYTHONPATH"] = str(ROOT)
-        for h in lb["hosts"].values():
-            h["ssh"]["port"] = cluster.port
-            h["workdir"] = str(tmp / h["address"])
-            h["python"] = sys.executable
-        inv = tmp / "loopback.yaml"
-        inv.write_text(yaml.safe_dump(lb))
+        inv = loopback_inventory(cluster, tmp)
         env = {**os.environ, "ORCHESTRATE_STATE": f"{tmp}/state", "ORCHESTRATE_LOGS": f"{tmp}/logs",
                "ORCHESTRATE_INVENTORY": str(inv), "ORCHESTRATE_SSH_CONFIG": str(cluster.ssh_config)}
         for i in range(a.rounds):
