@@ -11,8 +11,9 @@ Processes: :meth:`start_detached` runs ``setsid nohup bash -c 'trap : TERM; bash
 EXIT' >LOG 2>&1 </dev/null &``: the returned PID is the session and process-group leader (the
 small wrapper bash), written to the pidfile; the wrapper waits for the script and records its exit
 status (143 after SIGTERM is a clean stop). A zombie, or a process with an empty
-``/proc/PID/cmdline``, is dead: PID 1 reaps orphans slowly on these VMs and ``kill -0`` says
-"alive" for a zombie (DESIGN.md §6).
+``/proc/PID/cmdline`` that is exiting, is dead: PID 1 reaps orphans slowly on these VMs and
+``kill -0`` says "alive" for a zombie (DESIGN.md §6). (An empty cmdline alone is not: a process
+between two execs has one too; see ``_GONE_FN``.)
 """
 
 from __future__ import annotations
@@ -65,8 +66,28 @@ def _pid(value: int) -> int:
     return value
 
 
+# A bash function shared by every state reader below. An empty ``/proc/PID/cmdline`` means dead
+# only when the process is exiting (PF_EXITING, 0x4 in stat's flags: its memory is gone, it is not
+# a zombie yet), gone, or a kernel thread (PF_KTHREAD, 0x200000). A process between two execs has an
+# empty cmdline too, for as long as the kernel takes to load the new program (``setsid nohup bash``
+# execs three times right after a start, so a state read just after it lands there now and then):
+# that one is running. ``_kv_gone PID FLAGS`` (FLAGS from the stat already read) is true for a dead one.
+_GONE_FN = r"""
+_kv_gone() {
+  local line rest
+  (( $2 & 0x200004 )) && return 0
+  read -r line 2>/dev/null < /proc/$1/stat || return 0
+  rest=${line##*) }; set -- $rest
+  case "$1" in Z|X|x) return 0;; esac
+  (( $7 & 0x200004 ))
+}
+"""
+
+#: stat's flags of a task whose empty cmdline means it is dead (PF_EXITING | PF_KTHREAD)
+_GONE_FLAGS = 0x200004
+
 # A bash function: "STATE PGID" of one pid, STATE in running|zombie|dead.
-_PROC_STATE_FN = r"""
+_PROC_STATE_FN = _GONE_FN + r"""
 _kv_state() {
   local pid=$1 line rest c=
   if ! read -r line 2>/dev/null < /proc/$pid/stat; then echo "dead -"; return; fi
@@ -74,7 +95,7 @@ _kv_state() {
   set -- $rest
   if [ "$1" = Z ] || [ "$1" = X ] || [ "$1" = x ]; then echo "zombie $3"; return; fi
   IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$pid/cmdline
-  if [ -z "$c" ]; then echo "zombie $3"; return; fi
+  if [ -z "$c" ] && _kv_gone "$pid" "$7"; then echo "zombie $3"; return; fi
   echo "running $3"
 }
 """
@@ -105,9 +126,9 @@ _kv_now() {
 
 # Bash functions over /proc, no other program needed but grep (and ss, when present):
 #   _kv_marked M…      "M <marker> <pid> <state> <pgid>" for each process whose environ has a line M
-#   _kv_listeners P…   "S <port> <pid>" for each listening TCP socket on one of the ports P
+#   _kv_groups G…      "G <pgid> <pid>" for each live member of the process groups G
 # ``_kv_mypg`` is the probing shell's own process group (never signalled).
-_MARKED_FN = r"""
+_MARKED_FN = _GONE_FN + r"""
 read -r _kv_l < /proc/$$/stat; _kv_r=${_kv_l##*) }; set -- $_kv_r; _kv_mypg=$3; set --
 _kv_marked() {
   local a=() x f pid m line rest c
@@ -118,7 +139,7 @@ _kv_marked() {
     read -r line 2>/dev/null < /proc/$pid/stat || continue
     rest=${line##*) }; set -- $rest
     case "$1" in Z|X|x) continue;; esac
-    c=; IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$pid/cmdline; [ -n "$c" ] || continue
+    c=; IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$pid/cmdline; [ -n "$c" ] || ! _kv_gone "$pid" "$7" || continue
     echo "M $m $pid running $3"
   done < <(grep -asHzxFo "${a[@]}" /proc/[0-9]*/environ 2>/dev/null)
 }
@@ -137,31 +158,13 @@ _kv_groups() {  # "G <pgid> <pid>" for each live member of the groups given; the
     x=${line%% *}; echo "G $pg $x"; _kv_gm="$_kv_gm $x"
   done < <(grep -hE "^[0-9]+ \(.*\) [^ZXx] [0-9]+ ($re) " /proc/[0-9]*/stat 2>/dev/null)
 }
-_kv_stat1() {  # "STATE PGID UPTIME_S" of one pid (dead - -)
-  local line rest c p=$1
-  read -r line 2>/dev/null < /proc/$p/stat || { echo "dead - -"; return; }
-  rest=${line##*) }; set -- $rest
-  case "$1" in Z|X|x) echo "zombie $3 -"; return;; esac
-  c=; IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$p/cmdline
-  [ -n "$c" ] || { echo "zombie $3 -"; return; }
-  echo "running $3 $(( _kv_up - ${20} / ${_kv_hz:-100} ))"
-}
-_kv_listeners() {  # raw listening sockets: ss lines ("S ..."), else /proc/net/tcp lines ("T ...")
-  if command -v ss >/dev/null 2>&1; then
-    ss -Hltnp 2>/dev/null | sed 's/^/S /'
-  else
-    cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | sed 's/^/T /'
-    local d=() x; for x in "$@"; do d+=("/proc/$x/fd/"); done
-    [ ${#d[@]} -gt 0 ] && find "${d[@]}" -maxdepth 1 -lname 'socket:*' -printf 'F %h %l\n' 2>/dev/null
-  fi
-}
 """
 
 
 # The probe's own functions (HostOps.probe_marked): as _MARKED_FN's, but they leave their results
 # in variables instead of printing them into a command substitution, so the whole probe forks
 # only for grep, ss and one tail per log (each $(…) is a fork: ~1 ms, 60 % of the probe's time).
-_PROBE_FN = r"""
+_PROBE_FN = _GONE_FN + r"""
 _kv_scan() {  # marked processes: "M <marker> <pid> running <pgid>" lines in $_kv_out, their pgids in $_kv_pgs, pids in $_kv_pids
   local a=() x f pid m line rest c
   for x in "$@"; do a+=(-e "$x"); done
@@ -172,7 +175,7 @@ _kv_scan() {  # marked processes: "M <marker> <pid> running <pgid>" lines in $_k
     read -r line 2>/dev/null < /proc/$pid/stat || continue
     rest=${line##*) }; set -- $rest
     case "$1" in Z|X|x) continue;; esac
-    c=; IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$pid/cmdline; [ -n "$c" ] || continue
+    c=; IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$pid/cmdline; [ -n "$c" ] || ! _kv_gone "$pid" "$7" || continue
     _kv_out+="M $m $pid running $3"$'\n'; _kv_pgs+=" $3"; _kv_pids+=" $pid"
   done < <(grep -asHzxFo "${a[@]}" /proc/[0-9]*/environ 2>/dev/null)
 }
@@ -182,7 +185,7 @@ _kv_st() {  # "STATE PGID UPTIME_S" of one pid in $_kv_s (dead - -)
   rest=${line##*) }; set -- $rest
   case "$1" in Z|X|x) _kv_s="zombie $3 -"; return;; esac
   c=; IFS= read -r -d '' -n 1 c 2>/dev/null < /proc/$p/cmdline
-  [ -n "$c" ] || { _kv_s="zombie $3 -"; return; }
+  [ -n "$c" ] || ! _kv_gone "$p" "$7" || { _kv_s="zombie $3 -"; return; }
   _kv_s="running $3 $(( _kv_up - ${20} / 100 ))"
 }
 _kv_sockets() {  # listening sockets: ss lines ("S ..."), else /proc/net/tcp lines ("T ...") and our pids' socket fds ("F ...")
@@ -730,7 +733,7 @@ class HostOps:
         lines = []
         if require is not None:
             lines.append(f"[ -e {qpath(self.path(require))} ] || {{ echo {q(_MISSING_MARK)}; exit 0; }}")
-        if alive:  # the probe's _kv_st (as process_states: no stat → dead; Z/X, no cmdline → zombie; no fork)
+        if alive:  # the probe's _kv_st (as process_states: no stat → dead; Z/X or exiting → zombie; no fork)
             lines.append(_PROBE_FN)
             lines.append(
                 f"_kv_dead=; for p in {' '.join(map(str, alive))}; do _kv_st \"$p\"; "
@@ -810,7 +813,19 @@ class HostOps:
             cmd = self.t.get_bytes(f"/proc/{pid}/cmdline", 0, 1)
         except OSError:
             return "dead", "-"
-        return ("running" if cmd else "zombie"), pgrp
+        if cmd:
+            return "running", pgrp
+        # empty: exiting, gone or a kernel thread (dead), or between two execs (running); _GONE_FN
+        flags = fields[6] if len(fields) > 6 and fields[6].isdigit() else "0"
+        if int(flags) & _GONE_FLAGS:
+            return "zombie", pgrp
+        try:
+            again = self.t.get_bytes(f"/proc/{pid}/stat").decode("utf-8", "replace").rsplit(")", 1)[-1].split()
+        except OSError:
+            return "dead", "-"
+        if len(again) < 7 or again[0] in ("Z", "X", "x") or not again[6].isdigit() or int(again[6]) & _GONE_FLAGS:
+            return "zombie", pgrp
+        return "running", pgrp
 
     def _proc_states_via_shell(self, pids: list[int]) -> dict[int, tuple[str, str]]:
         script = _PROC_STATE_FN + f"for p in {' '.join(map(str, pids))}; do echo \"$p $(_kv_state $p)\"; done\n"
@@ -839,7 +854,7 @@ class HostOps:
         """One round trip: for each name, the leader recorded in its pidfile, every live process
         whose environment carries ``markers[name]`` (an ``ENV=value`` line), every live member of
         those processes' groups, which of them listens on ``ports``, and (optionally) the last
-        line of ``last_lines[name]``. A zombie (or empty cmdline) is dead. ``use_ss=False``: the
+        line of ``last_lines[name]``. A zombie (or an exiting process) is dead. ``use_ss=False``: the
         listeners from /proc/net/tcp, as on a host without ss."""
         names = list(markers)
         lines = [_MARKED_FN, _PROBE_FN]

@@ -185,6 +185,39 @@ def test_zombie_counts_as_dead_although_kill_0_says_alive(any_ops, tmp_path, via
 
 
 @pytest.mark.parametrize("via", ["files", "shell"])
+def test_a_live_process_with_an_empty_cmdline_is_running_for_every_reader(any_ops, tmp_path, via):
+    # what a process looks like for the moment between two execs (setsid → nohup → bash right
+    # after a start): an empty /proc/PID/cmdline, neither a zombie nor exiting. `exec -a ''` keeps
+    # one in that state (the first word of its cmdline empty); it leaves our process group
+    # (setsid), so only its marker finds it
+    from kvorch.hosts.ops import StartRequest
+
+    any_ops._proc_via_files = via == "files"
+    work = tmp_path / "work"
+    any_ops.write_file("run/blank.sh", f"exec setsid bash -c 'echo $$ > {work}/run/bp.pid; exec -a \"\" sleep 30'\n")
+    env, marker = _marked("blank")
+    any_ops.start_detached("run/blank.sh", "logs/blank.log", "run/blank.pid", env=env)
+    try:
+        assert _wait(lambda: any_ops.read_pid("run/bp.pid") is not None)
+        blank = any_ops.read_pid("run/bp.pid")
+        assert _wait(lambda: Path(f"/proc/{blank}/cmdline").read_bytes() == b"\x0030\x00")  # the planted state
+        assert any_ops.process_state(blank) == "running"
+        mp = any_ops.probe_marked({"b": marker}, {"b": "run/bp.pid"}, [])["b"]
+        assert (mp.leader_pid, mp.leader_state, blank in mp.marked, blank in mp.members) == (blank, "running", True, True)
+        env2, marker2 = _marked("after-blank")
+        any_ops.write_file("run/next.sh", "exec sleep 30\n")
+        req = StartRequest("n", str(work / "run/next.sh"), str(work / "logs/n.log"), str(work / "run/n.pid"), str(work), env2)
+        try:
+            assert "n" in any_ops.write_and_start([], (), [req], alive=[blank])  # not NotRunning ("exited")
+        finally:
+            any_ops.stop_marked(marker2, 2)
+    finally:
+        stopped = any_ops.stop_marked(marker, 2)
+    assert stopped.stopped and blank in stopped.pids  # found by its marker, so stopped: no orphan
+    assert _wait(lambda: any_ops.process_state(blank) != "running")
+
+
+@pytest.mark.parametrize("via", ["files", "shell"])
 def test_process_state_of_missing_or_reused_pid_is_dead(any_ops, via):
     any_ops._proc_via_files = via == "files"
     assert any_ops.process_state(4_000_000) == "dead"
