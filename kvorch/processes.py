@@ -1,8 +1,8 @@
 """The processes this tool starts: start, observe, stop — by marker and process group, never by one pid.
 
 A process of ours is started detached in its own session and process group (``HostOps.start_detached``)
-with ``ORCHESTRATE_PROCESS=<cluster>/<name>`` in its environment. That marker, inherited by every
-child, is the truth:
+with ``ORCHESTRATE_PROCESS=<cluster>/<name>@<workdir id>`` in its environment (:func:`marker_value`).
+That marker, inherited by every child, is the truth:
 
 - a process of ours is **alive** while any process carrying its marker, or any member of such a
   process's group, lives — the pid in the pidfile (the small wrapper that leads the group) may be
@@ -20,6 +20,8 @@ Used by ``up``, ``down``, ``status``, ``restart``, preflight and the scenario ru
 
 from __future__ import annotations
 
+import hashlib
+import posixpath
 import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,13 +36,19 @@ if TYPE_CHECKING:
 MARKER = "ORCHESTRATE_PROCESS"
 
 
-def marker_value(plan: Plan, p: ProcessSpec) -> str:
-    return f"{plan.cluster}/{p.name}"
+def marker_value(plan: Plan, p: ProcessSpec, workdir: str) -> str:
+    """``<cluster>/<name>@<id of the host's workdir>``: two clusters of the same name on one host
+    (two users, two checkouts: each its own workdir) never take each other's processes for theirs.
+    The id is a hash (a workdir may hold spaces; the marker is one word on the probe's lines)."""
+    wid = hashlib.sha256(posixpath.normpath(workdir).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f"{plan.cluster}/{p.name}@{wid}"
 
 
-def marker_line(plan: Plan, p: ProcessSpec) -> str:
-    """The line the process's ``/proc/PID/environ`` carries."""
-    return f"{MARKER}={marker_value(plan, p)}"
+def marker_lines(plan: Plan, p: ProcessSpec, workdir: str) -> tuple[str, str]:
+    """The lines the process's ``/proc/PID/environ`` may carry: this version's, and the one an
+    orchestrate before workdir ids gave (``<cluster>/<name>``), so that processes it started are
+    still seen and stopped (no orphan after an upgrade). No process started now carries the second."""
+    return f"{MARKER}={marker_value(plan, p, workdir)}", f"{MARKER}={plan.cluster}/{p.name}"
 
 
 def exit_path(p: ProcessSpec) -> str:
@@ -157,7 +165,7 @@ def observe(plan: Plan, node: Node, *, last_lines: bool = False,
     """State of every planned process on one host, in one round trip. ``expected``: name → the
     members recorded when it became healthy (the run state's), to notice a child that died."""
     procs = node.plan.processes
-    raw = node.ops.probe_marked({p.name: marker_line(plan, p) for p in procs}, {p.name: p.pid_path for p in procs},
+    raw = node.ops.probe_marked({p.name: marker_lines(plan, p, node.workdir) for p in procs}, {p.name: p.pid_path for p in procs},
                                 ports=[p.port for p in procs],
                                 last_lines={p.name: p.log_path for p in procs} if last_lines else None)
     expected = expected or {}
@@ -190,7 +198,7 @@ def start_request(node: Node, plan: Plan, p: ProcessSpec) -> StartRequest:
     from .hosts.ops import StartRequest
 
     return StartRequest(p.name, node.path(p.launch_script), node.path(p.log_path), node.path(p.pid_path),
-                        node.workdir, {MARKER: marker_value(plan, p)})
+                        node.workdir, {MARKER: marker_value(plan, p, node.workdir)})
 
 
 def start_process(node: Node, plan: Plan, p: ProcessSpec) -> int:
@@ -201,7 +209,7 @@ def start_process(node: Node, plan: Plan, p: ProcessSpec) -> int:
 
 def stop_process(plan: Plan, node: Node, p: ProcessSpec, grace: float) -> StopResult:
     """Stop everything of ``p`` on its host (marker + groups), then forget its pidfile."""
-    res = node.ops.stop_marked(marker_line(plan, p), grace, exit_path=exit_path(p))
+    res = node.ops.stop_marked(marker_lines(plan, p, node.workdir), grace, exit_path=exit_path(p))
     forget(node, p)
     return res
 

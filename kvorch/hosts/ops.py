@@ -222,8 +222,12 @@ class MarkedProcess:
     last_line: str | None = None
 
 
-def _parse_marked(out: str, markers: Mapping[str, str], ports: Iterable[int] = ()) -> dict[str, MarkedProcess]:
-    by_marker = {v: k for k, v in markers.items()}
+def _marker_lines(marker: str | Sequence[str]) -> list[str]:
+    return [marker] if isinstance(marker, str) else list(marker)
+
+
+def _parse_marked(out: str, markers: Mapping[str, str | Sequence[str]], ports: Iterable[int] = ()) -> dict[str, MarkedProcess]:
+    by_marker = {m: k for k, v in markers.items() for m in _marker_lines(v)}
     res = {n: MarkedProcess(n) for n in markers}
     groups: dict[int, set[int]] = {}
     listening: dict[int, set[int]] = {}  # pid → ports it listens on (of those wanted)
@@ -849,16 +853,18 @@ class HostOps:
     # ---- processes by marker (the truth: a process of ours lives while anything carrying its
     # marker, or any member of such a process's group, lives) -------------------------------------
 
-    def probe_marked(self, markers: Mapping[str, str], pidfiles: Mapping[str, str], ports: Iterable[int] = (),
+    def probe_marked(self, markers: Mapping[str, str | Sequence[str]], pidfiles: Mapping[str, str], ports: Iterable[int] = (),
                      last_lines: Mapping[str, str] | None = None, *, use_ss: bool = True) -> dict[str, MarkedProcess]:
         """One round trip: for each name, the leader recorded in its pidfile, every live process
         whose environment carries ``markers[name]`` (an ``ENV=value`` line), every live member of
         those processes' groups, which of them listens on ``ports``, and (optionally) the last
         line of ``last_lines[name]``. A zombie (or an exiting process) is dead. ``use_ss=False``: the
-        listeners from /proc/net/tcp, as on a host without ss."""
+        listeners from /proc/net/tcp, as on a host without ss. A name may have several marker lines
+        (any of them makes a process that name's)."""
         names = list(markers)
         lines = [_MARKED_FN, _PROBE_FN]
-        lines.append("_kv_scan " + " ".join(q(markers[n]) for n in names) + '; printf %s "$_kv_out"')
+        lines.append("_kv_scan " + " ".join(q(m) for n in names for m in _marker_lines(markers[n]))
+                     + '; printf %s "$_kv_out"')
         lines.append("_kv_groups $_kv_pgs")
         lines.append("read -r _kv_up _ < /proc/uptime; _kv_up=${_kv_up%.*}")
         for n in names:
@@ -876,7 +882,7 @@ class HostOps:
         res = self.run("\n".join(lines), check=True, what="process probe")
         return _parse_marked(res.stdout, markers, ports)
 
-    def stop_marked(self, marker: str, grace_s: float = 10.0, exit_path: str | None = None,
+    def stop_marked(self, marker: str | Sequence[str], grace_s: float = 10.0, exit_path: str | None = None,
                     kill_wait_s: float = 5.0) -> StopResult:
         """Stop every live process carrying ``marker`` in its environment and every member of
         their process groups: SIGTERM to each group and each process, poll, SIGKILL what is left
@@ -887,7 +893,7 @@ class HostOps:
         kill_us = int(max(kill_wait_s, 0.1) * 1e6)
         read_exit = f"cat -- {qpath(self.path(exit_path))} 2>/dev/null" if exit_path else ":"
         script = _PROC_STATE_FN + _MARKED_FN + _GROUP_MEMBERS_FN + f"""
-m={q(marker)}; t0=$(_kv_now)
+m=({" ".join(q(x) for x in _marker_lines(marker))}); t0=$(_kv_now)
 finish() {{
   echo "result=$1"; echo "elapsed_us=$(( $(_kv_now) - t0 ))"; echo "remaining=$2"; echo "exit=$({read_exit})"
   echo "targets=$targets0"
@@ -898,7 +904,7 @@ sig() {{ # SIG: every marked process and its group
   while read -r k _ pid st pg; do
     [ "$k" = M ] && [ "$st" = running ] || continue
     pids="$pids $pid"; case " $groups " in *" $pg "*) ;; *) groups="$groups $pg";; esac
-  done < <(_kv_marked "$m")
+  done < <(_kv_marked "${{m[@]}}")
   for x in $groups; do [ "$x" -gt 1 ] && [ "$x" != "$_kv_mypg" ] && kill -$1 -- -$x 2>/dev/null; done
   for x in $pids; do [ "$x" -gt 1 ] && kill -$1 $x 2>/dev/null; done
 }}
@@ -908,7 +914,7 @@ alive() {{ # live marked pids and live members of their groups
     [ "$k" = M ] && [ "$st" = running ] || continue
     out="$out $pid"
     [ "$pg" -gt 1 ] && [ "$pg" != "$_kv_mypg" ] && for x in $(_kv_members $pg); do out="$out $x"; done
-  done < <(_kv_marked "$m")
+  done < <(_kv_marked "${{m[@]}}")
   echo $out | tr ' ' '\n' | sort -un | tr '\n' ' '
 }}
 targets0=$(alive)

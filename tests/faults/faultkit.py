@@ -34,7 +34,9 @@ def marked_pids(cluster: str, name: str = "") -> list[int]:
             continue
         if stat[stat.rindex(")") + 2:].split()[0] in "ZXx":
             continue
-        if any(line == want if name else line.startswith(want) for line in env.split(b"\0")):
+        # "<cluster>/<name>@<workdir id>" (an older orchestrate's: "<cluster>/<name>")
+        if any(line == want or line.startswith(want + b"@") if name else line.startswith(want)
+               for line in env.split(b"\0")):
             out.append(int(d.name))
     return sorted(out)
 

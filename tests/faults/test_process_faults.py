@@ -288,6 +288,46 @@ def test_pidfiles_whose_pids_were_reused_are_left_alone(cluster):
             s.wait()
 
 
+def test_two_clusters_of_the_same_name_on_one_host_leave_each_other_alone(cluster):
+    """Two users (or checkouts) call their clusters the same: each has its own workdir, and one's
+    `up`, `status` and `down` never take the other's processes for theirs."""
+    a = cluster()
+    b = cluster(lambda d: d.update(cluster=a.name))
+    b.name = a.name
+    assert a("up").code == 0
+    before = {n: (r["pid"], r["server_pid"]) for n, r in status(a).items()}
+    up_b = b("up")
+    assert up_b.code == 0, up_b.out + up_b.err
+    assert {n: r["state"] for n, r in status(b).items()} == dict.fromkeys(before, "running")
+    assert {n: (r["state"], (r["pid"], r["server_pid"])) for n, r in status(a).items()} == \
+        {n: ("running", pids) for n, pids in before.items()}  # b's up stopped nothing of a's
+    down_b = b("--json", "down", "--no-collect")
+    assert down_b.code == 0, down_b.out + down_b.err
+    assert {n: r["state"] for n, r in status(a).items()} == dict.fromkeys(before, "running")
+    assert {n: r["state"] for n, r in status(b).items()} == dict.fromkeys(before, "absent")
+    assert a("down", "--no-collect").code == 0
+    a.assert_nothing_left()
+
+
+def test_processes_an_older_orchestrate_started_are_still_found_and_stopped(cluster):
+    """Before workdir ids the marker was "<cluster>/<name>": such a process (an engine started by
+    an older version) is still ours for status and down — no orphan after an upgrade."""
+    from kvorch.hosts import HostOps, LocalTransport
+
+    c = cluster()
+    assert c("up").code == 0
+    c.kill_process("decode")
+    work = c.tmp / "hosts" / "127.0.0.1"
+    ops = HostOps(LocalTransport(), workdir=str(work))
+    pid = ops.start_detached("run/decode.sh", "logs/decode.log", "run/decode.pid",
+                             env={"ORCHESTRATE_PROCESS": f"{c.name}/decode"})
+    row = wait_for(lambda: (r := status(c)["decode"])["state"] == "running" and r)
+    assert row["pid"] == pid
+    down = c("down", "--no-collect")
+    assert down.code == 0, down.out + down.err
+    c.assert_nothing_left()
+
+
 def test_ctrl_c_during_run_cancels_it_and_leaves_the_cluster_up(cluster):
     c = cluster()
     assert c("up").code == 0
