@@ -177,10 +177,10 @@ def connect_predicted(inventory_path: str, ssh_config: str | None) -> int:
     hosts = connect_cache.lookup(inventory_path, ssh_config)
     if not hosts:
         return 0
-    from .hosts import ssh as _  # noqa: F401 - imported in this thread, see connect_early
+    from .hosts import dial
     from .hosts.ssh_config import SshSettings
 
-    begun = 0
+    predicted = []
     for h in hosts:
         try:
             key = (str(h["name"]), str(h["address"]), ssh_config)
@@ -188,13 +188,20 @@ def connect_predicted(inventory_path: str, ssh_config: str | None) -> int:
         except Exception:  # noqa: BLE001 - a damaged entry predicts nothing
             continue
         if key not in _EARLY:
-            _begin(key, settings)
-            begun += 1
-    return begun
+            predicted.append((key, settings))
+            if not settings.proxy_jump:  # (through a jump host the first hop is another host)
+                dial.dial(settings.hostname, settings.port, settings.connect_timeout)
+    from .hosts import ssh as _  # noqa: F401 - imported in this thread (see connect_early) while the sshds answer
+    for key, settings in predicted:
+        _begin(key, settings)
+    return len(predicted)
 
 
 def close_early() -> None:
-    """Close connections :func:`connect_early` made that nobody took over."""
+    """Close connections :func:`connect_early` made that nobody took over (and sockets dialed for them)."""
+    from .hosts import dial
+
+    dial.close_all()
     while _EARLY:
         _, (_, fut) = _EARLY.popitem()
         try:

@@ -219,6 +219,12 @@ class SshTransport:
         }
         if s.identity_files:
             connect_kwargs["key_filename"] = list(s.identity_files)
+        if gateway is None and not s.proxy_jump:
+            from . import dial
+
+            sock = dial.take(s.hostname, s.port)  # begun before paramiko was imported (kvorch.hosts.dial)
+            if sock is not None:
+                connect_kwargs["sock"] = sock
         conn = Connection(
             host=s.hostname, user=s.user, port=s.port, config=cfg,
             gateway=gateway if gateway is not None else False,

@@ -238,3 +238,38 @@ def test_a_prediction_the_validated_inventory_contradicts_is_not_used(sshd_clust
         assert all(f.exception() is not None for f in stale)  # they did go to the stale port
     finally:
         kn.close_all(nodes)
+
+
+def test_predicted_hosts_are_dialed_before_paramiko_is_imported_and_that_socket_carries_the_ssh(
+        sshd_cluster, tmp_path, monkeypatch):
+    # the hosts' sshd accept, fork and send their banner while this process imports paramiko
+    import json
+    import subprocess
+    import sys
+
+    _, path, cfg = _remembering(sshd_cluster, tmp_path, monkeypatch)
+    code = f"""
+import json, socket, sys
+from kvorch.hosts import dial
+dialed, made = [], []
+real_dial, real_cc = dial.dial, socket.create_connection
+def record_dial(host, port, timeout):
+    dialed.append([host, port, "paramiko" in sys.modules])
+    real_dial(host, port, timeout)
+def record_cc(*a, **k):
+    s = real_cc(*a, **k); made.append(s); return s
+dial.dial, socket.create_connection = record_dial, record_cc
+from kvorch import nodes
+assert nodes.connect_predicted({path!r}, {cfg!r}) == 2
+used = []
+for (name, _, _), (_, fut) in sorted(nodes._EARLY.items()):
+    t = fut.result()
+    used.append([name, t.run("echo ok").stdout.strip(), any(t._conn.transport.sock is s for s in made)])
+print(json.dumps({{"dialed": sorted(dialed), "used": used, "left": len(dial._DIALED)}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**__import__("os").environ, "ORCHESTRATE_STATE": str(tmp_path / "state")})
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["dialed"] == [["127.0.0.13", sshd_cluster.port, False], ["127.0.0.97", sshd_cluster.port, False]]
+    assert got["used"] == [["node13", "ok", True], ["node97", "ok", True]] and got["left"] == 0
