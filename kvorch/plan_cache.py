@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .plan import Plan
 
 #: bump when what is stored changes meaning
-_FORMAT = 2
+_FORMAT = 3
 _PKG_DIR = Path(__file__).resolve().parent
 _TEMPLATES = _PKG_DIR.parent / "templates"
 #: counted by the tests: how the last :func:`load_or_build` went ("hit", "miss", "off")
