@@ -149,6 +149,12 @@ def run_checks(plan: Plan, nodes: dict[str, Node], skip_ports_of: set[str] | Non
     from .hosts.parallel import run_parallel
 
     res = run_parallel(nodes, lambda n: host_checks(plan, n, skip_ports_of or set()))
+    return _with_cross_host_checks(plan, res)
+
+
+def _with_cross_host_checks(plan: Plan, res: dict[str, Any]) -> list[Check]:
+    """The hosts' checks (``res``: host → host_checks' result or the exception it raised), then
+    those across hosts."""
     checks: list[Check] = []
     facts: dict[str, Any] = {}
     for host, r in res.items():
@@ -185,17 +191,29 @@ def preflight(c: Session, plan: Plan) -> PreflightResult:
     from .processes import observe
 
     # (the plan carries what the checks read of the inventory: a kept plan needs no inventory)
-    nodes, errors = open_nodes(plan, c.ssh_config, strict=False)
-    try:
-        from .hosts.parallel import run_parallel
+    seen: dict[str, Any] = {}
+    res: dict[str, Any] = {}
 
-        # every host at once (one after another, 16 hosts wait 16 round trips)
-        seen = run_parallel(nodes, lambda node: observe(plan, node))
-        running = {n for obs in seen.values() if not isinstance(obs, BaseException) for n, o in obs.items() if o.ours}
-        for host, obs in seen.items():
-            if isinstance(obs, BaseException):
-                raise obs
-        checks = run_checks(plan, nodes, skip_ports_of=running)
+    def check(node: Node) -> None:
+        # on each host as soon as it is connected (a host reached first does not wait for the
+        # slowest): our processes that run already, then the checks, their ports excepted
+        try:
+            obs = observe(plan, node)
+        except Exception as e:  # noqa: BLE001 - raised below, after every host is done
+            seen[node.name] = e
+            return
+        seen[node.name] = obs
+        try:
+            res[node.name] = host_checks(plan, node, {n for n, o in obs.items() if o.ours})
+        except Exception as e:  # noqa: BLE001 - that host's "facts" line
+            res[node.name] = e
+
+    nodes, errors = open_nodes(plan, c.ssh_config, strict=False, each=check)
+    try:
+        for host in nodes:
+            if isinstance(seen.get(host), BaseException):
+                raise seen[host]
+        checks = _with_cross_host_checks(plan, {h: res[h] for h in nodes})
     finally:
         close_all(nodes)
     checks = [Check(h, "reachable", "fail", e.message, e.hint) for h, e in errors.items()] + checks
