@@ -50,7 +50,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable
 
@@ -613,7 +613,7 @@ def _collect_host(node: Node, plan: Plan, state: RunState, run_dir: Path, prev_l
     hp = node.plan
     out: dict[str, Any] = {"facts": None, "rendered": {}, "processes": {}, "logs": {}, "errors": []}
     try:
-        out["facts"] = node.ops.facts(hp.python, node.workdir).model_dump(mode="json")
+        out["facts"] = asdict(node.ops.facts(hp.python, node.workdir))
     except Exception as e:  # noqa: BLE001 - one failing step never hides the others
         out["errors"].append(f"facts: {type(e).__name__}: {e}")
 

@@ -1,6 +1,7 @@
 """GPU-host compatibility: what breaks first on a real GPU host, found in one round trip per host.
 
-:func:`needs_of` reads the plan (and inventory) for what one host must have; :data:`PROBE` is a
+:func:`needs_of` reads the plan and inventory for what one host must have (when the plan is
+built: ``HostPlan.needs``); :data:`PROBE` is a
 Python script the host's own interpreter runs once (:func:`probe_command`), printing the host's
 facts as one JSON line; :func:`evaluate` — a pure function — turns those facts and the needs into
 ok / warn / fail lines, each with its fix. :func:`host_gpu_checks` is the one call preflight makes.
@@ -24,154 +25,92 @@ What is checked, and where it was read (LMCache 0.5.6 wheel, vLLM sources, LMCac
 
 from __future__ import annotations
 
-import ast
 import json
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from .plan import PROXY_IMPORTS, EngineNeed, HostNeeds, ProxyNeed, needs_of, script_imports
 
 if TYPE_CHECKING:
     from .hosts.ops import HostOps
-    from .inventory import Inventory
     from .plan import Plan
 
 Status = Literal["ok", "warn", "fail"]
 
 MARK = "KVORCH-GPU-FACTS "
 
-#: Imports of LMCache's disagg_proxy_server.py (0.5.6 examples) when its text cannot be read.
-PROXY_IMPORTS = ["fastapi", "httpx", "msgspec", "numpy", "zmq", "uvicorn", "lmcache"]
-
 #: What the model class names are called in LMCache's blender (lmcache/v1/compute/models/utils.py).
 BLEND_MODEL_FN = "infer_model_from_vllm"
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EngineNeed(Strict):
-    name: str
-    blend: bool = False
-    enforce_eager: bool = False
-    transfer_channel: str | None = None
-
-
-class ProxyNeed(Strict):
-    script: str = Field(description="path of the proxy script on the host (relative: to the workdir)")
-    uploaded_from: str | None = Field(None, description="local path `up` uploads it from")
-    imports: list[str] = Field(default_factory=lambda: list(PROXY_IMPORTS))
-
-
-class HostNeeds(Strict):
-    """What one host must have, read from the plan: the probe's request and evaluate's other input."""
-
-    host: str
-    python: str
-    topology: str
-    model: str
-    lmcache_version: str
-    engines: list[EngineNeed] = Field(default_factory=list)
-    proxy: ProxyNeed | None = None
-
-    @property
-    def nixl(self) -> bool:
-        return any(e.transfer_channel == "nixl" for e in self.engines)
-
-    @property
-    def blend(self) -> bool:
-        return any(e.blend for e in self.engines)
-
-    def request(self) -> dict[str, object]:
-        return {"ops": bool(self.engines), "nixl": self.nixl, "blend": self.blend,
-                "proxy_script": None if self.proxy is None or self.proxy.uploaded_from else self.proxy.script,
-                "proxy_imports": self.proxy.imports if self.proxy else []}
-
-
-class HostGpuFacts(Strict):
+@dataclass(kw_only=True)
+class HostGpuFacts:
     """What the probe found (every field optional: a host may have none of it)."""
 
     python: str | None = None
-    packages: dict[str, str] = Field(default_factory=dict)
+    packages: dict[str, str] = field(default_factory=dict)
     torch_version: str | None = None
     torch_cuda: str | None = None
     torch_error: str | None = None
     cuda_devices: int | None = None
     lmcache_ops_file: str | None = None
-    lmcache_ops_cudart: list[str] = Field(default_factory=list, description="libcudart majors the ops link")
+    #: libcudart majors the ops link
+    lmcache_ops_cudart: list[str] = field(default_factory=list)
     lmcache_ops_loaded: bool | None = None
     lmcache_ops_error: str | None = None
     nixl_error: str | None = None
     vllm_worker: str | None = None
     vllm_registers_model: bool | None = None
     lmcache_registers_model: bool | None = None
-    vllm_kv_init_in: list[str] = Field(default_factory=list, description="functions of gpu_worker.py calling ensure_kv_transfer_initialized")
+    #: functions of gpu_worker.py calling ensure_kv_transfer_initialized
+    vllm_kv_init_in: list[str] = field(default_factory=list)
     vllm_mistral_class: str | None = None
-    lmcache_blend_classes: list[str] = Field(default_factory=list)
+    lmcache_blend_classes: list[str] = field(default_factory=list)
     proxy_script_found: bool | None = None
-    proxy_missing: list[str] = Field(default_factory=list)
+    proxy_missing: list[str] = field(default_factory=list)
 
 
-class GpuCheck(Strict):
+#: HostGpuFacts' fields and the JSON types each may hold (the probe's output is the host's word:
+#: checked, never trusted)
+_FACT_TYPES: dict[str, tuple[str, ...]] = {
+    f.name: tuple(t.strip() for t in str(f.type).split("|")) for f in fields(HostGpuFacts)
+}
+
+
+def _fits(value: object, types: tuple[str, ...]) -> bool:
+    for t in types:
+        if t == "None" and value is None:
+            return True
+        if t in ("str", "bool") and type(value).__name__ == t:
+            return True
+        if t == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if t == "list[str]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return True
+        if t == "dict[str, str]" and isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return True
+    return False
+
+
+def facts_from_json(data: object) -> HostGpuFacts:
+    """The probe's JSON object as :class:`HostGpuFacts`; :class:`ProbeError` naming the field when
+    a field is unknown or of the wrong type."""
+    if not isinstance(data, dict):
+        raise ProbeError(f"the probe's facts are a {type(data).__name__}, not an object", repr(data)[:600])
+    bad = [f"{k}: unknown field" for k in data if k not in _FACT_TYPES]
+    bad += [f"{k}: {type(v).__name__} {v!r:.60}, expected {' | '.join(_FACT_TYPES[k])}"
+            for k, v in data.items() if k in _FACT_TYPES and not _fits(v, _FACT_TYPES[k])]
+    if bad:
+        raise ProbeError("the probe's facts do not fit: " + "; ".join(bad), json.dumps(data)[:600])
+    return HostGpuFacts(**data)
+
+
+@dataclass(kw_only=True)
+class GpuCheck:
     name: str
     status: Status
     detail: str
     hint: str | None = None
-
-
-# ------------------------------------------------------------------------------------------------
-# Plan → needs
-
-
-def _blending(settings: dict[str, object], env: dict[str, str], topology: str) -> bool:
-    flag = env.get("LMCACHE_ENABLE_BLENDING")
-    if flag is not None:
-        return flag.strip().lower() in ("1", "true", "yes", "on")
-    return topology == "blend" or bool(settings.get("enable_blending"))
-
-
-def needs_of(inv: Inventory, plan: Plan, host: str) -> HostNeeds:
-    hp = plan.host(host)
-    specs = {e.name: e for e in inv.engines}
-    engines: list[EngineNeed] = []
-    for p in hp.processes:
-        if p.kind != "engine" or p.program != "vllm":
-            continue
-        settings = inv.engine_lmcache(specs[p.name])
-        channel = p.env.get("LMCACHE_TRANSFER_CHANNEL") or settings.get("transfer_channel")
-        engines.append(EngineNeed(name=p.name, blend=_blending(settings, p.env, inv.topology),
-                                  enforce_eager="--enforce-eager" in p.argv,
-                                  transfer_channel=str(channel) if channel else None))
-    proxy = None
-    x = inv.proxy
-    if x is not None and x.host == host:
-        proc = next((p for p in hp.processes if p.kind == "proxy"), None)
-        script = proc.argv[1] if proc is not None and len(proc.argv) > 1 else (x.script or "")
-        imports = PROXY_IMPORTS
-        if x.source:
-            imports = script_imports(Path(x.source).expanduser().read_text()) or PROXY_IMPORTS
-        proxy = ProxyNeed(script=script, uploaded_from=x.source, imports=imports)
-    return HostNeeds(host=host, python=hp.python, topology=inv.topology, model=inv.model,
-                     lmcache_version=inv.lmcache_version, engines=engines, proxy=proxy)
-
-
-def script_imports(text: str) -> list[str]:
-    """Top-level module names a Python script imports (standard library left out)."""
-    import sys
-
-    try:
-        tree = ast.parse(text)
-    except SyntaxError:
-        return []
-    names: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names += [a.name.split(".")[0] for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.append(node.module.split(".")[0])
-    stdlib = getattr(sys, "stdlib_module_names", frozenset())
-    return sorted({n for n in names if n not in stdlib and n != "__future__"})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -297,7 +236,11 @@ class ProbeError(Exception):
 def parse_probe_output(stdout: str) -> HostGpuFacts:
     for line in stdout.splitlines():
         if line.startswith(MARK):
-            return HostGpuFacts.model_validate(json.loads(line[len(MARK):]))
+            try:
+                data = json.loads(line[len(MARK):])
+            except ValueError as e:
+                raise ProbeError(f"the probe's facts are not JSON: {e}", line[-600:]) from None
+            return facts_from_json(data)
     raise ProbeError("the probe printed no facts", stdout[-600:])
 
 
@@ -434,10 +377,11 @@ def _ops_check(needs: HostNeeds, facts: HostGpuFacts, vllm: str | None, lmc: str
                     detail=f"lmcache {lmc}'s compiled ops ({built_s}) load with torch {tv} (CUDA {tc}){gpus}")
 
 
-def host_gpu_checks(inv: Inventory, plan: Plan, host: str, ops: HostOps) -> list[GpuCheck]:
-    """Preflight's hook: probe the host once when it runs a real vLLM engine or the PD proxy."""
-    needs = needs_of(inv, plan, host)
-    if not needs.engines and needs.proxy is None:
+def host_gpu_checks(plan: Plan, host: str, ops: HostOps) -> list[GpuCheck]:
+    """Preflight's hook: probe the host once when it runs a real vLLM engine or the PD proxy. What
+    the host needs was read when the plan was built (``HostPlan.needs``)."""
+    needs = plan.host(host).needs
+    if needs is None or (not needs.engines and needs.proxy is None):
         return []
     try:
         facts = run_probe(ops, needs)
@@ -447,5 +391,5 @@ def host_gpu_checks(inv: Inventory, plan: Plan, host: str, ops: HostOps) -> list
     return evaluate(needs, facts)
 
 
-__all__ = ["HostNeeds", "HostGpuFacts", "GpuCheck", "PROBE", "needs_of", "probe_command", "parse_probe_output",
+__all__ = ["PROXY_IMPORTS", "EngineNeed", "ProxyNeed", "HostNeeds", "HostGpuFacts", "GpuCheck", "facts_from_json", "PROBE", "needs_of", "probe_command", "parse_probe_output",
            "evaluate", "host_gpu_checks", "script_imports"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import posixpath
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import UserError
 
@@ -237,9 +237,11 @@ def host_error_message(name: str, exc: BaseException) -> UserError:
 
 
 def open_nodes(plan: Plan, ssh_config: str | None, names: list[str] | None = None,
-               *, strict: bool = True) -> tuple[dict[str, Node], dict[str, UserError]]:
+               *, strict: bool = True, each: Callable[[Node], None] | None = None) -> tuple[dict[str, Node], dict[str, UserError]]:
     """Connect to every host of the plan (or ``names``) in parallel (each host's SSH settings
     are the plan's: :attr:`HostPlan.ssh_target` looked up in ``ssh_config``, :attr:`HostPlan.ssh` on top).
+    ``each(node)``: run on each host as soon as it is connected, in its connecting thread (a host
+    reached first does not wait for the slowest one); it must not raise.
 
     Returns (connected nodes, errors by host). With ``strict`` any error is raised as one UserError
     naming every host that failed (after closing the others).
@@ -256,7 +258,14 @@ def open_nodes(plan: Plan, ssh_config: str | None, names: list[str] | None = Non
         except BaseException:
             transport.close()
             raise
-        return Node(plan=hp, ops=HostOps(transport, workdir=wd), workdir=wd)
+        node = Node(plan=hp, ops=HostOps(transport, workdir=wd), workdir=wd)
+        if each is not None:
+            try:
+                each(node)
+            except BaseException:
+                transport.close()
+                raise
+        return node
 
     results = run_parallel({hp.name: hp for hp in wanted}, connect)
     nodes = {k: v for k, v in results.items() if isinstance(v, Node)}

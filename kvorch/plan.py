@@ -77,6 +77,57 @@ class ProcessSpec:
     python_path: list[str] = field(default_factory=list)
 
 
+#: Imports of LMCache's disagg_proxy_server.py (0.5.6 examples) when its text cannot be read.
+PROXY_IMPORTS = ["fastapi", "httpx", "msgspec", "numpy", "zmq", "uvicorn", "lmcache"]
+
+
+@dataclass(kw_only=True)
+class EngineNeed:
+    """A real vLLM engine's LMCache settings that the GPU-host checks (:mod:`kvorch.gpu_checks`) look at."""
+
+    name: str
+    blend: bool = False
+    enforce_eager: bool = False
+    transfer_channel: str | None = None
+
+
+@dataclass(kw_only=True)
+class ProxyNeed:
+    #: path of the proxy script on the host (relative: to the workdir)
+    script: str
+    #: local path `up` uploads it from
+    uploaded_from: str | None = None
+    imports: list[str] = field(default_factory=lambda: list(PROXY_IMPORTS))
+
+
+@dataclass(kw_only=True)
+class HostNeeds:
+    """What one host must have, read from the inventory and plan when the plan is built
+    (:func:`kvorch.gpu_checks.needs_of`): the probe's request and evaluate's other input. Kept in
+    the plan so that preflight on a kept plan needs no inventory."""
+
+    host: str
+    python: str
+    topology: str
+    model: str
+    lmcache_version: str
+    engines: list[EngineNeed] = field(default_factory=list)
+    proxy: ProxyNeed | None = None
+
+    @property
+    def nixl(self) -> bool:
+        return any(e.transfer_channel == "nixl" for e in self.engines)
+
+    @property
+    def blend(self) -> bool:
+        return any(e.blend for e in self.engines)
+
+    def request(self) -> dict[str, object]:
+        return {"ops": bool(self.engines), "nixl": self.nixl, "blend": self.blend,
+                "proxy_script": None if self.proxy is None or self.proxy.uploaded_from else self.proxy.script,
+                "proxy_imports": self.proxy.imports if self.proxy else []}
+
+
 @dataclass(kw_only=True)
 class HostPlan:
     name: str
@@ -95,6 +146,8 @@ class HostPlan:
     #: ssh_config name or address looked up, and the inventory's overrides (no secrets in either)
     ssh_target: str | None = None
     ssh: dict[str, Any] = field(default_factory=dict)
+    #: what preflight's GPU-host checks need of this host (None in a plan not made by build_plan)
+    needs: HostNeeds | None = None
 
 
 @dataclass(kw_only=True)
@@ -107,6 +160,8 @@ class Plan:
     engine: str
     model: str
     hosts: list[HostPlan]
+    #: the LMCache version the inventory targets (preflight compares the hosts' with it)
+    lmcache_version: str = ""
 
     def processes(self) -> list[ProcessSpec]:
         return sorted((p for h in self.hosts for p in h.processes), key=lambda p: (p.stage, p.name))
@@ -408,8 +463,68 @@ class _Builder:
                                   processes=self.procs[name],
                                   ssh_target=hs.ssh_target() if hs.connector == "ssh" else None,
                                   ssh=hs.ssh_overrides() if hs.connector == "ssh" else {}))
-        return Plan(cluster=self.inv.cluster, topology=self.inv.topology, engine=self.inv.engine, model=self.inv.model,
-                    hosts=hosts)
+        plan = Plan(cluster=self.inv.cluster, topology=self.inv.topology, engine=self.inv.engine, model=self.inv.model,
+                    hosts=hosts, lmcache_version=self.inv.lmcache_version)
+        for hp in plan.hosts:
+            hp.needs = needs_of(self.inv, plan, hp.name)
+        return plan
+
+
+# ------------------------------------------------------------------------------------------------
+# Plan → what the GPU-host checks need of a host (kvorch.gpu_checks)
+
+
+def _blending(settings: dict[str, object], env: dict[str, str], topology: str) -> bool:
+    flag = env.get("LMCACHE_ENABLE_BLENDING")
+    if flag is not None:
+        return flag.strip().lower() in ("1", "true", "yes", "on")
+    return topology == "blend" or bool(settings.get("enable_blending"))
+
+
+def needs_of(inv: Inventory, plan: Plan, host: str) -> HostNeeds:
+    """What ``host`` must have for its real vLLM engines and the PD proxy (a proxy's ``source:``
+    is read for its imports: :mod:`kvorch.plan_cache` records it)."""
+    hp = plan.host(host)
+    specs = {e.name: e for e in inv.engines}
+    engines: list[EngineNeed] = []
+    for p in hp.processes:
+        if p.kind != "engine" or p.program != "vllm":
+            continue
+        settings = inv.engine_lmcache(specs[p.name])
+        channel = p.env.get("LMCACHE_TRANSFER_CHANNEL") or settings.get("transfer_channel")
+        engines.append(EngineNeed(name=p.name, blend=_blending(settings, p.env, inv.topology),
+                                  enforce_eager="--enforce-eager" in p.argv,
+                                  transfer_channel=str(channel) if channel else None))
+    proxy = None
+    x = inv.proxy
+    if x is not None and x.host == host:
+        proc = next((p for p in hp.processes if p.kind == "proxy"), None)
+        script = proc.argv[1] if proc is not None and len(proc.argv) > 1 else (x.script or "")
+        imports = PROXY_IMPORTS
+        if x.source:
+            imports = script_imports(Path(x.source).expanduser().read_text()) or PROXY_IMPORTS
+        proxy = ProxyNeed(script=script, uploaded_from=x.source, imports=imports)
+    return HostNeeds(host=host, python=hp.python, topology=inv.topology, model=inv.model,
+                     lmcache_version=inv.lmcache_version, engines=engines, proxy=proxy)
+
+
+def script_imports(text: str) -> list[str]:
+    """Top-level module names a Python script imports (standard library left out)."""
+    import ast
+    import sys
+
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return []
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.append(node.module.split(".")[0])
+    stdlib = getattr(sys, "stdlib_module_names", frozenset())
+    return sorted({n for n in names if n not in stdlib and n != "__future__"})
 
 
 def _num(x: float | int) -> str:

@@ -11,7 +11,8 @@ bundle's dependencies are installed. A file the plan read besides the inventory 
 plan is built (and stored) again.
 
 The entry is a pickle of the plan (plain dataclasses) and of the pickled inventory (pydantic
-objects, unpickled only when a command asks for the inventory: ``status`` never does),
+objects, unpickled only when a command asks for the inventory: ``status`` and ``preflight``
+never do — what preflight reads of the inventory is in the plan, :attr:`HostPlan.needs`),
 in ``<state>/plans/`` (the directory 0700, the file 0600); it is read only when both belong to
 this user and nobody else can write them, the same trust Python gives its own ``__pycache__``.
 A plan that carries a secret's value (an engine's token in its host's secrets file) is never kept:
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from .plan import Plan
 
 #: bump when what is stored changes meaning
-_FORMAT = 2
+_FORMAT = 3
 _PKG_DIR = Path(__file__).resolve().parent
 _TEMPLATES = _PKG_DIR.parent / "templates"
 #: counted by the tests: how the last :func:`load_or_build` went ("hit", "miss", "off")
@@ -141,7 +142,7 @@ def _read_files(inv: Inventory) -> dict[str, str | None]:
 
 class KeptInventory:
     """The validated inventory of a kept entry, unpickled (pydantic imported) only when asked for:
-    ``status`` needs only the plan."""
+    ``status`` and ``preflight`` need only the plan."""
 
     def __init__(self, blob: bytes):
         self._blob = blob

@@ -16,7 +16,6 @@ from .results import PreflightResult
 
 if TYPE_CHECKING:
     from .session import Session
-    from .inventory import Inventory
     from .nodes import Node
     from .plan import Plan
 
@@ -53,7 +52,7 @@ def _version(facts: Any, pkg: str) -> str | None:
     return facts.packages.get(pkg)
 
 
-def host_checks(inv: Inventory, plan: Plan, node: Node, skip_ports_of: set[str]) -> tuple[list[Check], Any]:
+def host_checks(plan: Plan, node: Node, skip_ports_of: set[str]) -> tuple[list[Check], Any]:
     checks: list[Check] = []
     h = node.name
     facts = node.ops.facts(node.plan.python, workdir=node.workdir)
@@ -72,8 +71,8 @@ def host_checks(inv: Inventory, plan: Plan, node: Node, skip_ports_of: set[str])
             why = " (the tiny-model maker needs it)" if pkg in ("transformers", "tokenizers") else ""
             checks.append(Check(h, pkg, "fail", f"{pkg} is not installed for {node.plan.python}{why}",
                                 f"install {pkg} into {node.plan.python} (scripts/install-real-engines.sh on CPU)"))
-        elif pkg == "lmcache" and v != inv.lmcache_version:
-            checks.append(Check(h, pkg, "warn", f"lmcache {v}, the inventory targets {inv.lmcache_version}",
+        elif pkg == "lmcache" and v != plan.lmcache_version:
+            checks.append(Check(h, pkg, "warn", f"lmcache {v}, the inventory targets {plan.lmcache_version}",
                                 "config keys are checked against the targeted version: align lmcache_version"))
         else:
             checks.append(Check(h, pkg, "ok", f"{pkg} {v}"))
@@ -125,7 +124,7 @@ def host_checks(inv: Inventory, plan: Plan, node: Node, skip_ports_of: set[str])
     # GPU-host compatibility (CUDA ops vs torch, nixl, CacheBlend's vLLM patch, the PD proxy): one probe.
     from .gpu_checks import host_gpu_checks
 
-    checks += [Check(h, g.name, g.status, g.detail, g.hint) for g in host_gpu_checks(inv, plan, h, node.ops)]
+    checks += [Check(h, g.name, g.status, g.detail, g.hint) for g in host_gpu_checks(plan, h, node.ops)]
 
     # The controller serves its whole environment on GET /env without authentication.
     for p in node.plan.processes:
@@ -146,10 +145,16 @@ def _is_public(bind: str) -> bool:
     return not (ip.is_private or ip.is_loopback or ip.is_link_local)
 
 
-def run_checks(inv: Inventory, plan: Plan, nodes: dict[str, Node], skip_ports_of: set[str] | None = None) -> list[Check]:
+def run_checks(plan: Plan, nodes: dict[str, Node], skip_ports_of: set[str] | None = None) -> list[Check]:
     from .hosts.parallel import run_parallel
 
-    res = run_parallel(nodes, lambda n: host_checks(inv, plan, n, skip_ports_of or set()))
+    res = run_parallel(nodes, lambda n: host_checks(plan, n, skip_ports_of or set()))
+    return _with_cross_host_checks(plan, res)
+
+
+def _with_cross_host_checks(plan: Plan, res: dict[str, Any]) -> list[Check]:
+    """The hosts' checks (``res``: host → host_checks' result or the exception it raised), then
+    those across hosts."""
     checks: list[Check] = []
     facts: dict[str, Any] = {}
     for host, r in res.items():
@@ -182,23 +187,33 @@ def run_checks(inv: Inventory, plan: Plan, nodes: dict[str, Node], skip_ports_of
 def preflight(c: Session, plan: Plan) -> PreflightResult:
     """Every check on every host (in parallel), processes of ours that run already excepted from
     the port checks. ``ok`` when none failed; ``checks`` the :class:`Check` list."""
-    from .gpu_checks import host_gpu_checks  # noqa: F401 - imported (and the inventory loaded) while
-    from .hosts.facts import HostFacts  # noqa: F401 - the hosts' login shells start, not after
     from .nodes import close_all, open_nodes
     from .processes import observe
 
-    inv = c.inventory()
-    nodes, errors = open_nodes(plan, c.ssh_config, strict=False)
-    try:
-        from .hosts.parallel import run_parallel
+    # (the plan carries what the checks read of the inventory: a kept plan needs no inventory)
+    seen: dict[str, Any] = {}
+    res: dict[str, Any] = {}
 
-        # every host at once (one after another, 16 hosts wait 16 round trips)
-        seen = run_parallel(nodes, lambda node: observe(plan, node))
-        running = {n for obs in seen.values() if not isinstance(obs, BaseException) for n, o in obs.items() if o.ours}
-        for host, obs in seen.items():
-            if isinstance(obs, BaseException):
-                raise obs
-        checks = run_checks(inv, plan, nodes, skip_ports_of=running)
+    def check(node: Node) -> None:
+        # on each host as soon as it is connected (a host reached first does not wait for the
+        # slowest): our processes that run already, then the checks, their ports excepted
+        try:
+            obs = observe(plan, node)
+        except Exception as e:  # noqa: BLE001 - raised below, after every host is done
+            seen[node.name] = e
+            return
+        seen[node.name] = obs
+        try:
+            res[node.name] = host_checks(plan, node, {n for n, o in obs.items() if o.ours})
+        except Exception as e:  # noqa: BLE001 - that host's "facts" line
+            res[node.name] = e
+
+    nodes, errors = open_nodes(plan, c.ssh_config, strict=False, each=check)
+    try:
+        for host in nodes:
+            if isinstance(seen.get(host), BaseException):
+                raise seen[host]
+        checks = _with_cross_host_checks(plan, {h: res[h] for h in nodes})
     finally:
         close_all(nodes)
     checks = [Check(h, "reachable", "fail", e.message, e.hint) for h, e in errors.items()] + checks

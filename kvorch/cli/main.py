@@ -221,7 +221,7 @@ def _connect_first(c: Ctx, *, kept_plan: bool = False, pydantic: bool = True) ->
     last time, before it is validated, then to every host of the validated inventory. With
     ``kept_plan`` returns :meth:`Ctx.kept_plan` (read before the inventory is validated: a hit
     validates nothing, and the hosts to connect to are the kept plan's). ``pydantic=False``: the
-    command needs no pydantic model (``status`` on a kept plan imports none)."""
+    command needs no pydantic model (``status`` and ``preflight`` on a kept plan import none)."""
     from ..nodes import connect_early, connect_predicted
 
     connect_predicted(c.inventory_path, c.ssh_config)  # imports no pydantic: begun ~0.1 s sooner
@@ -288,7 +288,7 @@ def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
 @pass_ctx
 def preflight(c: Ctx) -> None:
     """Check every host: reachable, versions equal, PYTHONHASHSEED, ports free, GPUs, disk."""
-    plan = _connect_first(c, kept_plan=True)
+    plan = _connect_first(c, kept_plan=True, pydantic=False)
     assert plan is not None
     from .. import preflight as preflight_mod
     from .plain import format_checks, terminal_width

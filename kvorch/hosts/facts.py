@@ -1,12 +1,13 @@
-"""What a host reports of itself (:meth:`kvorch.hosts.ops.HostOps.facts`): a result, as pydantic
-models (kept out of :mod:`kvorch.hosts.ops`, which ``status`` imports without any model)."""
+"""What a host reports of itself (:meth:`kvorch.hosts.ops.HostOps.facts`): a result, as plain
+dataclasses (read from the host's own output by :mod:`kvorch.hosts.ops`, not user input)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from dataclasses import dataclass, field
 
 
-class GpuInfo(BaseModel):
+@dataclass(kw_only=True)
+class GpuInfo:
     index: int
     name: str
     uuid: str | None = None
@@ -16,7 +17,8 @@ class GpuInfo(BaseModel):
     processes: int = 0  # compute processes using it
 
 
-class HostFacts(BaseModel):
+@dataclass(kw_only=True)
+class HostFacts:
     hostname: str
     #: the address this host was reached on: ``$SSH_CONNECTION``'s third field (None when local).
     #: Loopback hosts all share one hostname: this tells them apart.
@@ -30,10 +32,10 @@ class HostFacts(BaseModel):
     python_executable: str | None = None
     python_version: str | None = None
     python_error: str | None = None  # why the interpreter could not report (missing, broken)
-    packages: dict[str, str | None] = Field(default_factory=dict)  # distribution → version|None
+    packages: dict[str, str | None] = field(default_factory=dict)  # distribution → version|None
     nvidia_smi: bool = False  # present on the host
     gpu_error: str | None = None
-    gpus: list[GpuInfo] = Field(default_factory=list)
+    gpus: list[GpuInfo] = field(default_factory=list)
     workdir: str | None = None
     disk_free_bytes: int | None = None
     duration_s: float = 0.0

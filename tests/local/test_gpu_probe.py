@@ -48,7 +48,7 @@ def test_preflight_hook_on_the_cpu_inventory_passes_the_ops_check():
     data = yaml.safe_load((ROOT / "inventories/local-cpu.yaml").read_text())
     data["hosts"]["local"]["python"] = sys.executable
     inv = parse_inventory(yaml.safe_dump(data), "local-cpu.yaml")
-    checks = host_gpu_checks(inv, build_plan(inv), "local", ops())
+    checks = host_gpu_checks(build_plan(inv), "local", ops())
     assert [(c.name, c.status) for c in checks] == [("lmcache cuda ops", "ok")], checks
 
 
@@ -56,5 +56,5 @@ def test_a_python_that_does_not_run_gives_a_failing_facts_line():
     data = yaml.safe_load((ROOT / "inventories/local-cpu.yaml").read_text())
     data["hosts"]["local"]["python"] = "/nonexistent/bin/python"
     inv = parse_inventory(yaml.safe_dump(data), "local-cpu.yaml")
-    checks = host_gpu_checks(inv, build_plan(inv), "local", ops())
+    checks = host_gpu_checks(build_plan(inv), "local", ops())
     assert [(c.name, c.status) for c in checks] == [("gpu facts", "fail")]

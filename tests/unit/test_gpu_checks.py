@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvorch.gpu_checks import (EngineNeed, HostGpuFacts, HostNeeds, ProxyNeed, evaluate, needs_of,
+from kvorch.gpu_checks import (MARK, EngineNeed, HostGpuFacts, HostNeeds, ProbeError, ProxyNeed, evaluate, needs_of,
                                parse_probe_output, script_imports)
 from kvorch.inventory import load_inventory, parse_inventory
 from kvorch.plan import build_plan
@@ -123,6 +123,29 @@ def test_pd_proxy_imports_missing_fail_with_the_pip_names():
 def test_probe_output_is_found_among_other_lines():
     line = 'KVORCH-GPU-FACTS {"python": "3.11.7", "torch_cuda": "13.0"}'
     assert parse_probe_output("login banner\n" + line + "\n").torch_cuda == "13.0"
+
+
+def test_probe_output_of_a_good_host_reads_back_as_its_facts():
+    import json
+
+    assert parse_probe_output(MARK + json.dumps(GOOD)) == facts()
+
+
+@pytest.mark.parametrize("output, named", [
+    ('{"torch_cuda": 13}', "torch_cuda"),                      # a number where a string belongs
+    ('{"packages": {"torch": 2}}', "packages"),                # a version that is no string
+    ('{"lmcache_ops_cudart": "13"}', "lmcache_ops_cudart"),    # a string where a list belongs
+    ('{"cuda_devices": "one"}', "cuda_devices"),
+    ('{"proxy_script_found": 1}', "proxy_script_found"),
+    ('{"python": "3.11", "gpu_count": 1}', "gpu_count: unknown field"),
+    ('["not", "an", "object"]', "not an object"),
+    ('{"python": ', "not JSON"),
+])
+def test_probe_output_of_unknown_fields_or_wrong_types_is_refused_naming_the_field(output, named):
+    # the host's output is the host's word: what does not fit the facts is refused, never evaluated
+    with pytest.raises(ProbeError) as info:
+        parse_probe_output("banner\n" + MARK + output + "\n")
+    assert named in str(info.value)
 
 
 # ---- from the plan --------------------------------------------------------------------------

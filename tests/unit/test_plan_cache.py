@@ -141,8 +141,9 @@ def _imported(stderr: str) -> set[str]:
     return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
 
 
-def _local_cluster(tmp_path: Path, prefix: str) -> tuple[Orch, str]:
-    """The embedded local inventory on free ports, its own cluster name, a run-state folder."""
+def _local_cluster(tmp_path: Path, prefix: str, mutate=None) -> tuple[Orch, str]:
+    """The embedded local inventory on free ports, its own cluster name, a run-state folder
+    (``mutate``: changes the test makes to it)."""
     name = f"{prefix}{tmp_path.name[-12:]}".replace("_", "").replace("-", "")[:30]
 
     def m(d):
@@ -150,6 +151,8 @@ def _local_cluster(tmp_path: Path, prefix: str) -> tuple[Orch, str]:
         give_free_ports(d)
         for h in d["hosts"].values():
             h["workdir"] = str(tmp_path / "hosts")
+        if mutate:
+            mutate(d)
     orch = Orch(tmp_path, write_inventory(tmp_path / "inv.yaml", "inventories/local.yaml", m))
     (tmp_path / "state").mkdir()
     return orch, name
@@ -184,16 +187,26 @@ def test_the_kept_inventory_is_unpickled_only_when_asked_for(inv):
     assert kept.load() == build()[0]
 
 
-def test_preflight_with_a_kept_plan_loads_the_kept_inventory(tmp_path):
-    # preflight's checks read the inventory (lmcache_version, GPU checks): the lazily kept one
-    orch, _ = _local_cluster(tmp_path, "pf")
-    first = orch("--json", "preflight")
-    second = orch("--json", "preflight")
+def test_preflight_with_a_kept_plan_imports_no_pydantic_and_gives_the_same_verdicts(tmp_path):
+    # what preflight's checks read of the inventory (the targeted lmcache version, each real engine's
+    # LMCache settings for the GPU-host probe) is carried in the plan: a kept plan needs no inventory.
+    # One engine is a real vLLM here (never started): its packages, model and GPU-host lines run too.
+    def real_decode(d):
+        d["model"] = "/nonexistent/kvorch-model"
+        d["engines"][1]["kind"] = "vllm"
+    orch, _ = _local_cluster(tmp_path, "pf", real_decode)
+
+    def preflight() -> tuple[subprocess.CompletedProcess, list[tuple[str, str, str]]]:
+        r = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "orchestrate.py"), "--json", "preflight"],
+                           cwd=tmp_path, env=orch.env(), capture_output=True, text=True, timeout=120)
+        return r, [(c["host"], c["name"], c["status"]) for c in json.loads(r.stdout)["checks"]]
+    (first, fresh), (second, kept) = preflight(), preflight()
     assert list((tmp_path / "state" / "plans").iterdir())  # kept by the first
-    def verdicts(r):
-        return [(c["host"], c["name"], c["status"]) for c in json.loads(r.out)["checks"]]
-    assert first.code == second.code and verdicts(first) == verdicts(second)
-    assert ("*", "PYTHONHASHSEED", "ok") in verdicts(second)
+    assert first.returncode == second.returncode == 1 and kept == fresh
+    assert {("local", "model", "fail"), ("local", "lmcache", "ok"), ("local", "nixl", "fail"),
+            ("*", "PYTHONHASHSEED", "ok")} <= set(kept), kept
+    assert "pydantic" in {m.split(".")[0] for m in _imported(first.stderr)}  # built: validated
+    assert not {m for m in _imported(second.stderr) if m.split(".")[0] in ("pydantic", "pydantic_core", "jinja2", "yaml")}
 
 
 def test_a_secret_only_the_inventory_holds_is_never_kept(tmp_path, monkeypatch):
