@@ -252,7 +252,6 @@ def up(c: Session, plan: Plan, *, timeout: float = 600.0, preflight: bool = True
     from .hosts.parallel import run_parallel
     from . import preflight as preflight_mod
 
-    inv = c.inventory()
     ev = c.events
     t0 = time.monotonic()
     phases: dict[str, float] = {}
@@ -307,7 +306,7 @@ def up(c: Session, plan: Plan, *, timeout: float = 600.0, preflight: bool = True
 
             tp = time.monotonic()
             if preflight:
-                checks = preflight_mod.run_checks(inv, plan, nodes, skip_ports_of=running)
+                checks = preflight_mod.run_checks(c.inventory(), plan, nodes, skip_ports_of=running)
                 failed = [ch for ch in checks if ch.status == "fail"]
                 if failed:
                     raise PreflightFailed(f"preflight failed: {failed[0].host}: {failed[0].name}: {failed[0].detail}",

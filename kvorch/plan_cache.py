@@ -1,6 +1,6 @@
 """The validated inventory and its plan, kept from the last command that built them for exactly
-these bytes, so that a short read-only command (``status``, ``preflight``) neither parses YAML,
-validates, imports Jinja2 nor renders when nothing changed.
+these bytes, so that ``status``, ``preflight`` and ``up`` neither parse YAML, validate, import
+Jinja2 nor render when nothing changed (``up`` while its SSH shells start).
 
 An entry is keyed by the sha256 of everything the plan is made from (:func:`key`): the inventory
 file's path and bytes, the content of every file of this package and of its templates (a code

@@ -43,8 +43,8 @@ class Ctx(Session):
     def kept_plan(self) -> "Plan":
         """The plan (and the validated inventory, which :meth:`inventory` then returns) kept by
         the last command for exactly these inputs (:mod:`kvorch.plan_cache`), else built and
-        kept. For the read-only commands (status, preflight): they neither change a plan nor
-        need it twice."""
+        kept. For status, preflight and up (none of them changes the plan or needs it twice:
+        ``up`` records each file's sha256 in the run state, and a changed input misses)."""
         from .. import plan_cache
 
         def build() -> tuple[Any, Any]:
@@ -254,21 +254,21 @@ def _emit_text(c: Ctx, result: Any, text: Any) -> None:
 @pass_ctx
 def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
     """Preflight, upload, start the controller, then the engines; wait until all are healthy."""
-    if not dry_run:
-        _connect_first(c)
-    else:
-        skip_pydantic_plugin_scan()
-    plan = c.plan()
     if dry_run:
+        skip_pydantic_plugin_scan()
+        plan = c.plan()
         if c.as_json:
             c.emit_json(plan.public())
         else:
             _print_plan(c, plan)
         return
-    from .. import cluster, plan_cache
+    # the plan kept for exactly these inputs (else built and kept: for the next up, status,
+    # preflight): a hit neither parses, validates nor renders while the SSH shells start, and
+    # with --skip-preflight nothing unpickles the kept inventory (no pydantic at all)
+    plan = _connect_first(c, kept_plan=True, pydantic=not skip_preflight)
+    assert plan is not None
+    from .. import cluster
     from ..errors import PreflightFailed
-
-    plan_cache.store(c.inventory_path, c.inventory(), plan)  # for the next status / preflight
     from .plain import format_checks, terminal_width
 
     c.start_events()
