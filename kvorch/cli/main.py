@@ -40,7 +40,7 @@ class Ctx(Session):
             self._console = Console(stderr=self.as_json, highlight=False, soft_wrap=True)
         return self._console
 
-    def kept_plan(self) -> "Plan":
+    def kept_plan(self, *, make_state_root: bool = False) -> "Plan":
         """The plan (and the validated inventory, which :meth:`inventory` then returns) kept by
         the last command for exactly these inputs (:mod:`kvorch.plan_cache`), else built and
         kept. For status, preflight and up (none of them changes the plan or needs it twice:
@@ -51,7 +51,7 @@ class Ctx(Session):
             inv = self.inventory()
             return inv, Session.plan(self)
 
-        self._inventory, plan = plan_cache.load_or_build(self.inventory_path, build)
+        self._inventory, plan = plan_cache.load_or_build(self.inventory_path, build, make_state_root=make_state_root)
         return plan
 
     def inventory(self) -> Any:
@@ -215,7 +215,8 @@ def _emit(c: Ctx, result: Any, show: Any) -> None:
         sys.exit(1)
 
 
-def _connect_first(c: Ctx, *, kept_plan: bool = False, pydantic: bool = True) -> Plan | None:
+def _connect_first(c: Ctx, *, kept_plan: bool = False, pydantic: bool = True,
+                   make_state_root: bool = False) -> Plan | None:
     """Begin the SSH handshakes first (the hosts' sshd and login shells then work while this
     process imports, validates and plans): to the hosts this very inventory file connected to
     last time, before it is validated, then to every host of the validated inventory. With
@@ -227,7 +228,7 @@ def _connect_first(c: Ctx, *, kept_plan: bool = False, pydantic: bool = True) ->
     connect_predicted(c.inventory_path, c.ssh_config)  # imports no pydantic: begun ~0.1 s sooner
     if pydantic:
         skip_pydantic_plugin_scan()
-    plan = c.kept_plan() if kept_plan else None
+    plan = c.kept_plan(make_state_root=make_state_root) if kept_plan else None
     connect_early(plan if plan is not None else c.inventory(), c.ssh_config, inventory_path=c.inventory_path)
     return plan
 
@@ -265,7 +266,7 @@ def up(c: Ctx, dry_run: bool, timeout: float, skip_preflight: bool) -> None:
     # the plan kept for exactly these inputs (else built and kept: for the next up, status,
     # preflight): a hit neither parses, validates nor renders while the SSH shells start, and
     # with --skip-preflight nothing unpickles the kept inventory (no pydantic at all)
-    plan = _connect_first(c, kept_plan=True, pydantic=not skip_preflight)
+    plan = _connect_first(c, kept_plan=True, pydantic=not skip_preflight, make_state_root=True)
     assert plan is not None
     from .. import cluster
     from ..errors import PreflightFailed

@@ -139,6 +139,15 @@ def test_nothing_is_kept_where_no_run_state_exists(inv, tmp_path, monkeypatch):
     assert build.n == 2 and not (tmp_path / "never-up").exists()
 
 
+def test_up_keeps_its_plan_from_the_first_run_in_a_new_state_folder(inv, tmp_path, monkeypatch):
+    # up makes the run state's folder anyway (its lock): the very first up there keeps what it built
+    monkeypatch.setenv("ORCHESTRATE_STATE", str(tmp_path / "fresh" / "state"))
+    build = Builds()
+    plan_cache.load_or_build(inv, build, make_state_root=True)
+    plan_cache.load_or_build(inv, build)
+    assert build.n == 1 and plan_cache.last_outcome == "hit"
+
+
 def _imported(stderr: str) -> set[str]:
     return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
 
