@@ -6,6 +6,10 @@ For each connector (local, and SSH to the two loopback hosts when sshd is instal
            slowest engine — each process started by hand, directly, with the same argv and env
   up     = wall time of `orchestrate up --skip-preflight` (and of `up` with preflight)
   ratio  = up / own; overhead = up − own (target ≤ 0.5 s with the simulated engine)
+  ssh floor (SSH only) = wall time of a whole parallel-ssh process running bare ``true`` on the
+           same hosts (connect + one command: what no `up` over SSH can beat), measured in the same
+           rounds; beyond = up − own − ssh floor (what `up` adds beyond connecting + one command).
+           Skipped with a line when parallel-ssh is not installed.
 Bounded: 3 rounds per setting (``--rounds``), each process stopped right after. Prints a table of
 ratios and writes every measurement, the medians and the machine to bench/results/up_overhead.json.
 """
@@ -40,6 +44,32 @@ from kvorch.plan import build_plan  # noqa: E402
 
 ROUNDS = 3
 RESULTS: dict[str, dict] = {}
+
+#: the SSH floor: parallel-ssh (libssh2 in C) connects to every host and runs bare `true`, as a
+#: whole process (interpreter start and import included, as `orchestrate up` pays them too)
+PSSH_TRUE = r"""
+import json, sys
+cfg = json.loads(sys.argv[1])
+from pssh.clients import ParallelSSHClient
+c = ParallelSSHClient(cfg["hosts"], user=cfg["user"], port=cfg["port"], pkey=cfg["key"], num_retries=1,
+                      pool_size=max(10, len(cfg["hosts"])))
+out = c.run_command("true", stop_on_errors=False)
+c.join(out)
+sys.exit(0 if all(o.exit_code == 0 for o in out) else 1)
+"""
+
+
+def have_pssh() -> bool:
+    return subprocess.run([sys.executable, "-c", "import pssh.clients"], capture_output=True).returncode == 0
+
+
+def ssh_floor(cfg: dict[str, Any]) -> float:
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", PSSH_TRUE, json.dumps(cfg)], capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"parallel-ssh `true` failed: {r.stderr[-1500:]}")
+    return took
 
 
 def healthy(url: str) -> bool:
@@ -105,17 +135,22 @@ def orchestrate(args: list[str], env: dict[str, str], cwd: str) -> float:
     return took
 
 
-def measure(name: str, inv_path: Path, ssh_config: Path | None) -> None:
+def measure(name: str, inv_path: Path, ssh_config: Path | None, floor_cfg: dict[str, Any] | None = None) -> None:
+    """``floor_cfg`` (SSH hosts, user, port, key): the SSH floor is measured in every round too."""
     work = tempfile.mkdtemp(prefix="bench-up-")
     env = {**os.environ, "ORCHESTRATE_STATE": f"{work}/state", "ORCHESTRATE_LOGS": f"{work}/logs",
            "ORCHESTRATE_INVENTORY": str(inv_path)}
     if ssh_config:
         env["ORCHESTRATE_SSH_CONFIG"] = str(ssh_config)
-    own, ups, ups_pf = [], [], []
+    own, ups, ups_pf, floor = [], [], [], []
     CLIENT_CPU.clear()
+    if floor_cfg is not None:
+        ssh_floor(floor_cfg)  # warm (not timed): the OS caches for parallel-ssh's modules
     for _ in range(ROUNDS):
         own.append(own_startup(inv_path))
         time.sleep(0.3)
+        if floor_cfg is not None:
+            floor.append(ssh_floor(floor_cfg))
         ups.append(orchestrate(["up", "--skip-preflight"], env, work))
         orchestrate(["down", "--no-collect"], env, work)
         ups_pf.append(orchestrate(["up"], env, work))
@@ -125,16 +160,30 @@ def measure(name: str, inv_path: Path, ssh_config: Path | None) -> None:
                      "median": {"own_s": o, "up_s": u, "up_preflight_s": up, "overhead_s": u - o,
                                 "overhead_preflight_s": up - o, "up_cpu_s": statistics.median(CLIENT_CPU)},
                      "goal": "overhead <= 0.5 s", "goal_met": u - o <= 0.5}
+    beyond = ""
+    if floor:
+        # per round (the same round's own, up and floor), then the median: the load moves them alike
+        per_round = [x - y - f for x, y, f in zip(ups, own, floor)]
+        f, b = statistics.median(floor), statistics.median(per_round)
+        RESULTS[name]["ssh_floor_s"] = floor
+        RESULTS[name]["beyond_floor_s"] = per_round
+        RESULTS[name]["median"].update({"ssh_floor_s": f, "beyond_floor_s": b})
+        beyond = f" | ssh floor (parallel-ssh `true`) {f:5.2f} s  up - own - floor {b:+.2f} s"
     print(f"{name:<10} own startup {o:6.2f} s | up {u:6.2f} s  ratio {u / o:5.2f}  overhead {u - o:+.2f} s | "
-          f"up+preflight {up:6.2f} s  overhead {up - o:+.2f} s   (median of {ROUNDS}); "
+          f"up+preflight {up:6.2f} s  overhead {up - o:+.2f} s{beyond}   (median of {ROUNDS}); "
           f"orchestrate's own CPU per up: {statistics.median(CLIENT_CPU):.2f} s")
     shutil.rmtree(work, ignore_errors=True)
 
 
 def loopback_inventory(cluster: Any, tmp: Path) -> Path:
-    """inventories/loopback.yaml on the bench's sshd (tests/sshd.py's cluster), every port free, the
-    hosts' workdirs under ``tmp``, this checkout's kvorch and this venv's interpreter on the hosts."""
-    lb = free_ports_everywhere(yaml.safe_load((ROOT / "inventories/loopback.yaml").read_text()))
+    """inventories/loopback.yaml on the bench's sshd (tests/sshd.py's cluster: its hosts' addresses
+    in place of the seed's, in order), every port free, the hosts' workdirs under ``tmp``, this
+    checkout's kvorch and this venv's interpreter on the hosts."""
+    text = (ROOT / "inventories/loopback.yaml").read_text()
+    seed = [h["address"] for h in yaml.safe_load(text)["hosts"].values()]
+    for old, new in zip(seed, [h.address for h in cluster.hosts.values()]):
+        text = text.replace(old, f"@{new}@")
+    lb = free_ports_everywhere(yaml.safe_load(text.replace("@", "")))
     lb.setdefault("env", {})["PYTHONPATH"] = str(ROOT)
     for h in lb["hosts"].values():
         h["ssh"]["port"] = cluster.port
@@ -194,6 +243,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=ROUNDS)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "up_overhead.json"))
+    ap.add_argument("--addresses", nargs=2, default=["127.0.0.13", "127.0.0.97"], metavar="ADDR",
+                    help="the two loopback SSH hosts (default the seed's; pick addresses nobody else uses)")
     a = ap.parse_args()
     ROUNDS = a.rounds
     load0 = os.getloadavg()[0]
@@ -215,8 +266,14 @@ def main() -> None:
         print(f"loopback   skipped: {sshd_unavailable_reason()}")
         write_results(Path(a.out), load0)
         return
-    with SshdCluster(tmp / "sshd") as cluster:
-        measure("ssh x2", loopback_inventory(cluster, tmp), cluster.ssh_config)
+    floor_cfg = None
+    with SshdCluster(tmp / "sshd", {f"h{i}": addr for i, addr in enumerate(a.addresses)}) as cluster:
+        if have_pssh():
+            floor_cfg = {"hosts": [h.address for h in cluster.hosts.values()], "user": cluster.user,
+                         "port": cluster.port, "key": str(cluster.client_key)}
+        else:
+            print("ssh floor  skipped: parallel-ssh is not installed (pip install parallel-ssh)")
+        measure("ssh x2", loopback_inventory(cluster, tmp), cluster.ssh_config, floor_cfg)
     write_results(Path(a.out), load0)
 
 

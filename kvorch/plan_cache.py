@@ -1,6 +1,6 @@
 """The validated inventory and its plan, kept from the last command that built them for exactly
-these bytes, so that a short read-only command (``status``, ``preflight``) neither parses YAML,
-validates, imports Jinja2 nor renders when nothing changed.
+these bytes, so that ``status``, ``preflight`` and ``up`` neither parse YAML, validate, import
+Jinja2 nor render when nothing changed (``up`` while its SSH shells start).
 
 An entry is keyed by the sha256 of everything the plan is made from (:func:`key`): the inventory
 file's path and bytes, the content of every file of this package and of its templates (a code
@@ -219,11 +219,18 @@ def store(inventory_path: str, inv: Inventory, plan: Plan, k: str | None = None)
         pass
 
 
-def load_or_build(inventory_path: str,
-                  build: Callable[[], tuple[Any, Any]]) -> tuple[Inventory | KeptInventory, Plan]:
+def load_or_build(inventory_path: str, build: Callable[[], tuple[Any, Any]], *,
+                  make_state_root: bool = False) -> tuple[Inventory | KeptInventory, Plan]:
     """The kept (inventory, plan) for these exact inputs, else ``build()``'s, kept for next time.
-    A kept inventory comes as a :class:`KeptInventory` (its ``load()`` unpickles it)."""
+    A kept inventory comes as a :class:`KeptInventory` (its ``load()`` unpickles it).
+    ``make_state_root``: the run state's folder is made first (``up`` makes it anyway, for its
+    lock), so that even the first command there keeps what it built."""
     global last_outcome
+    if make_state_root:
+        try:
+            _state_root().mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # (not kept; the command itself reports a folder it cannot make)
     k = key(inventory_path)
     hit = lookup(inventory_path, k) if k is not None else None
     if hit is not None:

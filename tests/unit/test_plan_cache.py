@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
-from clusterkit import ROOT, Orch, give_free_ports, write_inventory
+from clusterkit import ROOT, Orch, free_ports, give_free_ports, listening, write_inventory
 from kvorch import plan_cache
 
 
@@ -137,6 +139,15 @@ def test_nothing_is_kept_where_no_run_state_exists(inv, tmp_path, monkeypatch):
     assert build.n == 2 and not (tmp_path / "never-up").exists()
 
 
+def test_up_keeps_its_plan_from_the_first_run_in_a_new_state_folder(inv, tmp_path, monkeypatch):
+    # up makes the run state's folder anyway (its lock): the very first up there keeps what it built
+    monkeypatch.setenv("ORCHESTRATE_STATE", str(tmp_path / "fresh" / "state"))
+    build = Builds()
+    plan_cache.load_or_build(inv, build, make_state_root=True)
+    plan_cache.load_or_build(inv, build)
+    assert build.n == 1 and plan_cache.last_outcome == "hit"
+
+
 def _imported(stderr: str) -> set[str]:
     return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
 
@@ -235,3 +246,37 @@ def test_a_secret_only_the_inventory_holds_is_never_kept(tmp_path, monkeypatch):
     plan_cache.store(str(path), inv, plan)
     assert list((tmp_path / "state" / "plans").iterdir()) == []  # the older entry removed too
     assert not any(token.encode() in f.read_bytes() for f in (tmp_path / "state").rglob("*") if f.is_file())
+
+
+def test_up_reuses_the_kept_plan_and_after_an_edit_starts_the_new_configuration(tmp_path):
+    orch, _ = _local_cluster(tmp_path, "uc")
+
+    def up(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "orchestrate.py"), "up", *args],
+                              cwd=tmp_path, env=orch.env(), capture_output=True, text=True, timeout=120)
+    try:
+        first = up("--skip-preflight")
+        assert first.returncode == 0, first.stderr[-2000:]
+        assert "jinja2" in {m.split(".")[0] for m in _imported(first.stderr)}  # built (and kept)
+        assert list((tmp_path / "state" / "plans").iterdir())
+        assert orch("down", "--no-collect").code == 0
+        # the same inputs: nothing parsed, validated or rendered, and the same processes come up
+        second = up("--skip-preflight")
+        assert second.returncode == 0, second.stderr[-2000:]
+        assert not {m for m in _imported(second.stderr) if m.split(".")[0] in ("jinja2", "yaml", "pydantic")}
+        def urls(r: subprocess.CompletedProcess) -> list[str]:
+            return re.findall(r"http://\S+", r.stdout)
+        assert urls(second) == urls(first) and len(urls(first)) == 3
+        assert orch("down", "--no-collect").code == 0
+        # the decode engine moved to another port: this up starts it there, not where the kept plan had it
+        data = yaml.safe_load(orch.inventory.read_text())
+        decode = next(e for e in data["engines"] if e["name"] == "decode")
+        old, new = decode["port"], free_ports(1)[0]
+        decode["port"] = new
+        orch.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        third = up()  # with preflight: the inventory it checks is the edited one too
+        assert third.returncode == 0, third.stderr[-2000:]
+        assert f"127.0.0.1:{new}/health" in third.stdout and f":{old}/" not in third.stdout
+        assert listening("127.0.0.1", new) and not listening("127.0.0.1", old)
+    finally:
+        orch("down", "--no-collect")
