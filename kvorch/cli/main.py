@@ -660,8 +660,22 @@ def _main(argv: list[str] | None) -> None:
         gc.set_threshold(max(gc.get_threshold()[0], 50_000), *gc.get_threshold()[1:])
 
     verbose = sum(1 for a in (argv if argv is not None else sys.argv[1:]) if a in ("-v", "--verbose") or a.startswith("-vv"))
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
         signal.signal(sig, _interrupt)
+    try:
+        _run(argv, program, verbose, signals)
+    finally:
+        if not program:  # a caller's process gets its own handlers back (not SIG_IGN: processes it
+            for sig, handler in before.items():  # starts afterwards would inherit "ignore SIGTERM")
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _run(argv: list[str] | None, program: bool, verbose: int, signals: tuple[Any, ...]) -> None:
+    import gc
+    import signal
+
     if verbose:
         import logging
 
@@ -671,7 +685,7 @@ def _main(argv: list[str] | None) -> None:
         try:
             cli.main(args=argv, prog_name="orchestrate", standalone_mode=False)
         finally:  # the work is done (or rolled back): another Ctrl-C must not cut the last words short
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            for sig in signals:
                 signal.signal(sig, signal.SIG_IGN)
             if program:
                 gc.freeze()

@@ -80,3 +80,24 @@ def test_a_sys_exit_with_a_message_prints_it_and_exits_1(local, monkeypatch):
     r = subprocess.run([sys.executable, "-c", code, str(ROOT)], cwd=local.workdir, env=local.env(),
                        capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout, r.stderr) == (1, "", "stopped: why\n")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["-i", "/nonexistent/inventory.yaml", "render"]])
+def test_main_called_from_a_program_gives_its_signal_handlers_back(args):
+    # (it ignores SIGINT/SIGTERM/SIGHUP while it prints its last words; left so, every process the
+    # caller starts afterwards would inherit "ignore SIGTERM" and outlive a stop by SIGTERM)
+    import signal
+
+    from kvorch.cli import main
+
+    mine = lambda *_: None  # noqa: E731
+    before = {s: signal.signal(s, mine) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        try:
+            main(args)
+        except SystemExit:  # (the render of a missing inventory exits 2)
+            pass
+        assert {s: signal.getsignal(s) for s in before} == dict.fromkeys(before, mine)
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
