@@ -38,6 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from kvorch.inventory import load_inventory  # noqa: E402
 from kvorch.plan import build_plan  # noqa: E402
@@ -46,21 +47,9 @@ ROUNDS = 3
 RESULTS: dict[str, dict] = {}
 
 #: the SSH floor: parallel-ssh (libssh2 in C) connects to every host and runs bare `true`, as a
-#: whole process (interpreter start and import included, as `orchestrate up` pays them too)
-PSSH_TRUE = r"""
-import json, sys
-cfg = json.loads(sys.argv[1])
-from pssh.clients import ParallelSSHClient
-c = ParallelSSHClient(cfg["hosts"], user=cfg["user"], port=cfg["port"], pkey=cfg["key"], num_retries=1,
-                      pool_size=max(10, len(cfg["hosts"])))
-out = c.run_command("true", stop_on_errors=False)
-c.join(out)
-sys.exit(0 if all(o.exit_code == 0 for o in out) else 1)
-"""
-
-
-def have_pssh() -> bool:
-    return subprocess.run([sys.executable, "-c", "import pssh.clients"], capture_output=True).returncode == 0
+#: whole process (interpreter start and import included, as `orchestrate up` pays them too) —
+#: fanout_vs_peers' own contender
+from fanout_vs_peers import PSSH as PSSH_TRUE, have_pssh  # noqa: E402
 
 
 def ssh_floor(cfg: dict[str, Any]) -> float:
