@@ -189,11 +189,10 @@ def _alive_and_members(plan: Plan, nodes: dict[str, Node], procs: list[ProcessSp
     process whose leader runs, its live pids (what the run state records as its members)."""
     from .hosts.base import HostUnreachable
     from .hosts.parallel import run_parallel
-    from .processes import marker_lines
+    from .processes import probe_marked
 
     def probe(node: Node) -> dict[str, Any]:
-        ps = node.plan.processes
-        return node.ops.probe_marked({p.name: marker_lines(plan, p, node.workdir) for p in ps}, {p.name: p.pid_path for p in ps})
+        return probe_marked(plan, node)
 
     wanted = {p.name for p in procs}
     dead: dict[str, str] = {}

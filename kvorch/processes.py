@@ -160,14 +160,21 @@ def classify(p: ProcessSpec, mp: MarkedProcess, expected: list[int] | None = Non
     return obs
 
 
+def probe_marked(plan: Plan, node: Node, **kw: Any) -> dict[str, MarkedProcess]:
+    """What the host says of every planned process of it (:meth:`HostOps.probe_marked` with each
+    one's marker lines and pidfile); ``kw``: its ``ports`` / ``last_lines``."""
+    procs = node.plan.processes
+    return node.ops.probe_marked({p.name: marker_lines(plan, p, node.workdir) for p in procs},
+                                 {p.name: p.pid_path for p in procs}, **kw)
+
+
 def observe(plan: Plan, node: Node, *, last_lines: bool = False,
             expected: dict[str, list[int]] | None = None) -> dict[str, Observed]:
     """State of every planned process on one host, in one round trip. ``expected``: name → the
     members recorded when it became healthy (the run state's), to notice a child that died."""
     procs = node.plan.processes
-    raw = node.ops.probe_marked({p.name: marker_lines(plan, p, node.workdir) for p in procs}, {p.name: p.pid_path for p in procs},
-                                ports=[p.port for p in procs],
-                                last_lines={p.name: p.log_path for p in procs} if last_lines else None)
+    raw = probe_marked(plan, node, ports=[p.port for p in procs],
+                       last_lines={p.name: p.log_path for p in procs} if last_lines else None)
     expected = expected or {}
     return {p.name: classify(p, raw[p.name], expected.get(p.name)) for p in procs}
 
